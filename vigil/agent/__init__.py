@@ -1,0 +1,3 @@
+"""agent."""
+
+from __future__ import annotations

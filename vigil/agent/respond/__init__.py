@@ -1,0 +1,3 @@
+"""agent/respond."""
+
+from __future__ import annotations

@@ -1,0 +1,46 @@
+"""The response action interface and its registry.
+
+An action runs on the endpoint when a signed task names it. It declares the permission an analyst
+needs to ask for it and whether it is destructive; it returns a result dict for the server or
+raises ResponseError. The agent's task loop catches everything at this boundary and reports a
+status with a message, so one failing action never stops the agent.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+REGISTRY: dict[str, type[Action]] = {}
+
+
+@dataclass
+class ActionContext:
+    """What an action may use: the agent's identity, state folder, server address, processes."""
+
+    agent_id: str
+    state_dir: str
+    server_host: str
+    server_port: int
+    processes: Any = None
+
+
+class Action(abc.ABC):
+    """Base class of every response action; subclasses register themselves by name."""
+
+    name: ClassVar[str]
+    permission: ClassVar[str]
+    destructive: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None):
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, context: ActionContext) -> None:
+        self.context = context
+
+    @abc.abstractmethod
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Carry out the action and return what happened; raise ResponseError on failure."""

@@ -1,0 +1,3 @@
+"""agent/sensors."""
+
+from __future__ import annotations

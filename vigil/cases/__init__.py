@@ -1,0 +1,3 @@
+"""cases."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""detect."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""hunt."""
+
+from __future__ import annotations
