@@ -70,7 +70,11 @@ def _refuse_protected(pid: int, what: str) -> None:
 
 
 def _freeze_tree(root: psutil.Process) -> list[psutil.Process]:
-    """Stop ``root`` and every descendant; return them, each parent before its children."""
+    """Stop ``root`` and every descendant; return them, each parent before its children.
+
+    Raises:
+        ResponseError: the tree holds pid 1 or the agent; whatever was stopped is resumed.
+    """
     root.suspend()
     tree = [root]
     seen = {root.pid}
@@ -87,9 +91,13 @@ def _freeze_tree(root: psutil.Process) -> list[psutil.Process]:
             if child.pid in seen:
                 continue
             try:
+                _refuse_protected(child.pid, f" in the tree of pid {root.pid}")
                 child.suspend()
             except psutil.NoSuchProcess:
                 continue
+            except (ResponseError, psutil.AccessDenied):
+                _resume(tree)
+                raise
             seen.add(child.pid)
             tree.append(child)
     return tree
@@ -151,12 +159,6 @@ class KillAction(Action):
             raise ResponseError(
                 f"kill: not allowed to stop pid {pid}; run the agent as root"
             ) from exc
-        for member in targets:
-            try:
-                _refuse_protected(member.pid, f" in the tree of pid {pid}")
-            except ResponseError:
-                _resume(targets)
-                raise
 
         killed: list[int] = []
         for member in reversed(targets):
