@@ -1,0 +1,248 @@
+"""The running agent: sensors feed the spool, the sender drains it, tasks come and go.
+
+Threads, each with one job:
+- writer: moves emitted events from memory to the spool in small transactions;
+- sender: sends the oldest spooled batch until the server acknowledges it, backing off while
+  the server or the network is down;
+- heartbeat: reports per-sensor health, spool state and isolation every few seconds;
+- tasks: long-polls the server for signed tasks and runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vigil.agent import identity as identity_mod
+from vigil.agent.errors import AgentError, NotApplicable, TaskRejected
+from vigil.agent.respond import isolate
+from vigil.agent.respond.base import ActionContext
+from vigil.agent.sensors import REGISTRY as SENSORS
+from vigil.agent.sensors.base import Sensor, SensorContext
+from vigil.agent.spool import Spool
+from vigil.agent.tasks import TaskChecker, run_action
+from vigil.agent.transport import ServerLink
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10.0
+POLL_SECONDS = 25.0
+MAX_BACKOFF = 30.0
+
+
+class Agent:
+    """One agent process, built from an enrolled identity."""
+
+    def __init__(
+        self,
+        ident: identity_mod.Identity,
+        sensor_names: list[str] | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        self.identity = ident
+        self.batch_size = batch_size
+        self.sensor_names = sensor_names or default_sensors()
+        self.spool = Spool(ident.state_dir / "spool.sqlite")
+        self.link = ServerLink(ident)
+        self.checker = TaskChecker(
+            ident.agent_id, ident.task_key_path.read_text(), ident.state_dir / "nonces.json"
+        )
+        self.sensors: list[Sensor] = []
+        self.sensor_health: dict[str, dict[str, Any]] = {}
+        self.rejected_batches = 0
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._wake_sender = threading.Event()
+
+    @property
+    def action_context(self) -> ActionContext:
+        return ActionContext(
+            agent_id=self.identity.agent_id,
+            state_dir=str(self.identity.state_dir),
+            server_host=self.identity.server_host,
+            server_port=self.identity.server_port,
+        )
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        """Hand an event to the spool writer (sensors call this from their own threads)."""
+        self._queue.put(doc)
+
+    def start(self) -> None:
+        """Re-apply isolation if it was on, start the sensors, then the worker threads."""
+        if isolate.reapply_if_isolated(self.action_context):
+            log.warning("this host was isolated before the agent stopped: isolation re-applied")
+        self._start_sensors()
+        for target in (self._writer, self._sender, self._heartbeat, self._task_loop):
+            thread = threading.Thread(target=target, name=f"vigil-{target.__name__[1:]}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("agent %s running with sensors: %s", self.identity.agent_id,
+                 ", ".join(s.name for s in self.sensors) or "none")
+
+    def _start_sensors(self) -> None:
+        context = SensorContext(
+            agent_id=self.identity.agent_id,
+            host_id=self.identity.agent_id,
+            host_name=self.identity.hostname,
+            emit=self.emit,
+            state_dir=str(self.identity.state_dir),
+        )
+        for name in self.sensor_names:
+            sensor_cls = SENSORS.get(name)
+            if sensor_cls is None:
+                self.sensor_health[name] = {"state": "failed", "message": "no such sensor"}
+                log.error("no sensor named %r; known sensors: %s", name, ", ".join(SENSORS))
+                continue
+            sensor = sensor_cls(context)
+            try:
+                sensor.check_compatible()
+                sensor.start()
+            except NotApplicable as exc:
+                self.sensor_health[name] = {"state": "not_applicable", "message": str(exc)}
+                log.info("sensor %s not started: %s", name, exc)
+                continue
+            except Exception as exc:  # one sensor failing must not stop the others
+                self.sensor_health[name] = {"state": "failed", "message": str(exc)}
+                log.error("sensor %s failed to start: %s", name, exc)
+                log.debug("sensor %s traceback", name, exc_info=True)
+                continue
+            self.sensors.append(sensor)
+
+    def stop(self) -> None:
+        """Stop sensors (restoring kernel state), flush and send what is left, lift firewall."""
+        for sensor in self.sensors:
+            try:
+                sensor.stop()
+            except Exception:
+                log.exception("sensor %s did not stop cleanly", sensor.name)
+        self._stop.set()
+        self._wake_sender.set()
+        for thread in self._threads:
+            thread.join(timeout=POLL_SECONDS + 20)
+        self._flush_queue()
+        # The firewall table is removed so nothing is left behind; the isolation state file is
+        # kept, so the next start isolates the host again.
+        isolate.lift_rules_keep_state(self.action_context)
+        self.link.close()
+        self.spool.close()
+        log.info("agent stopped")
+
+    def _flush_queue(self, first: dict[str, Any] | None = None) -> int:
+        docs = [first] if first is not None else []
+        while len(docs) < 5000:
+            try:
+                docs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.spool.append(docs)
+        return len(docs)
+
+    def _writer(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._flush_queue(first)
+            self._wake_sender.set()
+
+    def _sender(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            batch = self.spool.peek(self.batch_size)
+            if not batch:
+                self._wake_sender.wait(1.0)
+                self._wake_sender.clear()
+                continue
+            try:
+                self._send(batch)
+                backoff = 1.0
+            except httpx.HTTPError as exc:
+                log.warning("server unreachable (%s); %d events wait in the spool, retry in %.0fs",
+                            exc, self.spool.stats()["queued"], backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        response = self.link.post("/events", {"spool_epoch": self.spool.epoch, "events": batch})
+        last = batch[-1]["event"]["sequence"]
+        if response.status_code == 422:
+            # A batch the server can never accept would block the spool forever: keep it aside
+            # for inspection and go on.
+            self.rejected_batches += 1
+            rejected = self.identity.state_dir / "rejected"
+            rejected.mkdir(exist_ok=True)
+            (rejected / f"batch-{last}.json").write_text(json.dumps(
+                {"reason": response.text, "events": batch}, default=str))
+            log.error("server refused batch ending at %d: %s", last, response.text)
+            self.spool.ack(last)
+            return
+        response.raise_for_status()
+        self.spool.ack(response.json()["committed_sequence"])
+
+    def health(self) -> dict[str, Any]:
+        sensors = dict(self.sensor_health)
+        for sensor in self.sensors:
+            sensors[sensor.name] = sensor.health().as_dict()
+        spool = self.spool.stats()
+        spool["rejected_batches"] = self.rejected_batches
+        return {"sensors": sensors, "spool": spool, "isolated": isolate.isolation_active(
+            self.action_context)}
+
+    def _heartbeat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.link.post("/heartbeat", self.health()).raise_for_status()
+            except httpx.HTTPError as exc:
+                log.debug("heartbeat not delivered: %s", exc)
+            self._stop.wait(HEARTBEAT_SECONDS)
+
+    def _task_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                envelopes = self.link.poll_tasks(POLL_SECONDS)
+            except httpx.HTTPError as exc:
+                log.debug("task poll failed: %s", exc)
+                self._stop.wait(2.0)
+                continue
+            for envelope in envelopes:
+                self._handle_task(envelope)
+
+    def _handle_task(self, envelope: dict[str, Any]) -> None:
+        try:
+            body = self.checker.check(envelope["body"], envelope["signature"])
+        except TaskRejected as exc:
+            log.error("%s", exc)
+            return
+        log.info("running task %s: %s %s", body.task_id, body.action, body.params)
+        status, result, message = run_action(body, self.action_context)
+        try:
+            self.link.post(f"/tasks/{body.task_id}/result",
+                           {"status": status, "result": result, "message": message})
+        except httpx.HTTPError as exc:
+            log.warning("could not report task %s: %s", body.task_id, exc)
+
+
+def default_sensors() -> list[str]:
+    """The kernel audit sensor as root; the polling fallback otherwise."""
+    return ["process_audit"] if os.geteuid() == 0 else ["process_poll"]
+
+
+def load_identity(state_dir: Path) -> identity_mod.Identity:
+    found = identity_mod.load(state_dir)
+    if found is None:
+        raise AgentError(
+            f"no enrolled identity in {state_dir}: run 'vigil agent run --server URL "
+            "--enroll-token TOKEN' once"
+        )
+    return found

@@ -1,0 +1,29 @@
+"""Turning rule matches into alerts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from vigil.schema.ecs import unflatten
+
+if TYPE_CHECKING:
+    from vigil.detect import Rule
+
+
+def build_alert(rule: Rule, flat_event: dict[str, Any], host_name: str) -> dict[str, Any]:
+    """One alert: the rule, its ATT&CK techniques, the host and the event that fired it."""
+    return {
+        "id": str(uuid.uuid4()),
+        "@timestamp": flat_event.get("@timestamp"),
+        "rule": {
+            "id": rule.id,
+            "title": rule.title,
+            "level": rule.level,
+            "tactics": list(rule.attack_tactics),
+        },
+        "attack": list(rule.attack_techniques),
+        "host": {"id": flat_event.get("host.id"), "name": host_name},
+        "entity_id": flat_event.get("process.entity_id"),
+        "event": unflatten(flat_event),
+    }

@@ -1,0 +1,194 @@
+"""The analyst REST API: hosts, alerts, hunts and response, all scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from vigil.cases.process_tree import process_tree
+from vigil.hunt.errors import HuntError
+from vigil.hunt.sql import run_hunt
+from vigil.schema.tokens import make_enroll_token
+from vigil.server import auth
+from vigil.server.auth import Analyst
+from vigil.server.context import ServerContext
+from vigil.server.tasks import queue_task
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["analyst"])
+
+
+class EnrollTokenRequest(BaseModel):
+    ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0, le=365 * 24 * 3600)
+    uses: int = Field(default=100, ge=1, le=100_000)
+
+
+class HuntRequest(BaseModel):
+    sql: str = Field(min_length=1, max_length=100_000)
+
+
+class ResponseRequest(BaseModel):
+    reason: str = Field(default="", max_length=4000)
+
+
+class KillRequest(ResponseRequest):
+    entity_id: str = Field(min_length=1, max_length=128)
+    tree: bool = False
+
+
+@router.get("/status")
+def status(ctx: ServerContext = Depends(auth.server)) -> dict[str, Any]:
+    """Ready when this answers; says how many rules are loaded."""
+    return {"status": "ready", "rules": len(ctx.rules.rules), "rule_errors": len(ctx.rules.errors)}
+
+
+@router.post("/enroll-tokens")
+def create_enroll_token(
+    request: EnrollTokenRequest,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """A token that enrolls agents into the caller's tenant, with the CA fingerprint in it."""
+    secret = ctx.state.create_enroll_secret(analyst.tenant_id, request.ttl_seconds, request.uses)
+    ctx.state.audit(analyst.tenant_id, analyst.name, "enroll_token.create", analyst.tenant_id,
+                    request.model_dump(), "ok")
+    return {
+        "token": make_enroll_token(secret, ctx.authority.ca_fingerprint),
+        "ca_fingerprint": ctx.authority.ca_fingerprint,
+        "server": ctx.config.url,
+    }
+
+
+def _host(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["hostname"],
+        "host_id": row["host_id"],
+        "os": row["os"],
+        "agent_version": row["version"],
+        "enrolled": row["enrolled"],
+        "last_seen": row["last_seen"],
+        "isolated": bool(row["isolated"]),
+        "health": json.loads(row["health"] or "{}"),
+    }
+
+
+@router.get("/hosts")
+def hosts(
+    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+) -> list[dict[str, Any]]:
+    return [_host(row) for row in ctx.state.agents(analyst.tenant_id)]
+
+
+def _tenant_host(ctx: ServerContext, analyst: Analyst, host_id: str) -> dict[str, Any]:
+    row = ctx.state.agent(host_id)
+    if row is None or row["tenant_id"] != analyst.tenant_id:
+        raise HTTPException(404, f"no host {host_id!r}; see 'vigil hosts list'")
+    return row
+
+
+@router.get("/hosts/{host_id}")
+def host(
+    host_id: str, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    return _host(_tenant_host(ctx, analyst, host_id))
+
+
+@router.post("/hosts/{host_id}/isolate")
+def isolate(
+    host_id: str, request: ResponseRequest, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Cut the host off the network except for its line to this server."""
+    _tenant_host(ctx, analyst, host_id)
+    return queue_task(ctx, analyst, host_id, "isolate", {}, request.reason)
+
+
+@router.post("/hosts/{host_id}/release")
+def release(
+    host_id: str, request: ResponseRequest, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    _tenant_host(ctx, analyst, host_id)
+    return queue_task(ctx, analyst, host_id, "release", {}, request.reason)
+
+
+@router.post("/hosts/{host_id}/kill")
+def kill(
+    host_id: str, request: KillRequest, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Kill one process instance (or its tree) by entity id; the agent checks it is the same."""
+    _tenant_host(ctx, analyst, host_id)
+    pid = ctx.telemetry.latest_pid(analyst.tenant_id, host_id, request.entity_id)
+    if pid is None:
+        raise HTTPException(404, f"no process {request.entity_id!r} in this host's telemetry")
+    params = {"entity_id": request.entity_id, "pid": pid, "tree": request.tree}
+    return queue_task(ctx, analyst, host_id, "kill", params, request.reason)
+
+
+@router.get("/tasks")
+def tasks(
+    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+) -> list[dict[str, Any]]:
+    return ctx.state.tasks(analyst.tenant_id)
+
+
+@router.get("/tasks/{task_id}")
+def task(
+    task_id: str, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    found = ctx.state.task(analyst.tenant_id, task_id)
+    if found is None:
+        raise HTTPException(404, f"no task {task_id!r}")
+    return found
+
+
+@router.get("/alerts")
+def alerts(
+    limit: int = 500, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> list[dict[str, Any]]:
+    return ctx.state.alerts(analyst.tenant_id, min(max(limit, 1), 10_000))
+
+
+@router.get("/alerts/{alert_id}")
+def alert(
+    alert_id: str, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """The alert with the process tree that led to it."""
+    found = ctx.state.alert(analyst.tenant_id, alert_id)
+    if found is None:
+        raise HTTPException(404, f"no alert {alert_id!r}; see 'vigil alerts list'")
+    found["process_tree"] = process_tree(ctx.telemetry, analyst.tenant_id, found["event"])
+    return found
+
+
+@router.post("/hunt")
+def hunt(
+    request: HuntRequest, analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Read-only SQL over the tenant's telemetry (the ``events`` view)."""
+    try:
+        result = run_hunt(ctx.telemetry, analyst.tenant_id, request.sql)
+    except HuntError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    ctx.state.audit(analyst.tenant_id, analyst.name, "hunt.sql", "events",
+                    {"sql": request.sql}, f"{len(result['rows'])} rows")
+    return result
+
+
+@router.get("/audit")
+def audit_log(
+    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+) -> list[dict[str, Any]]:
+    return ctx.state.audit_log(analyst.tenant_id)

@@ -1,0 +1,95 @@
+"""The server: the FastAPI app, first-start set-up, and running it on uvicorn with mTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import vigil
+from vigil.server import agent_api, analyst_api
+from vigil.server.context import ServerConfig, ServerContext
+from vigil.server.tls import ClientCertH11Protocol
+from vigil.store.state import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin-token"
+CLIENT_FILE = "server.json"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg')}")
+    return "; ".join(parts) + ("; ..." if len(exc.errors()) > 5 else "")
+
+
+def create_app(ctx: ServerContext) -> FastAPI:
+    """The ASGI app of one server context."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.doorbells.loop = asyncio.get_running_loop()
+        yield
+
+    app = FastAPI(title="Vigil", version=vigil.__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.include_router(agent_api.router)
+    app.include_router(analyst_api.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = _validation_message(exc)
+        log.warning("refused %s %s: %s", request.method, request.url.path, message)
+        return JSONResponse(
+            status_code=422,
+            content={"detail": f"invalid request: {message}; nothing was stored"},
+        )
+
+    return app
+
+
+def ensure_admin(ctx: ServerContext) -> Path:
+    """Make the first admin's API token on first start; return the file that holds it."""
+    path = ctx.config.data_dir / ADMIN_TOKEN_FILE
+    if not path.exists():
+        token = ctx.state.create_api_token(DEFAULT_TENANT, "admin", "admin")
+        path.write_text(token + "\n")
+        os.chmod(path, 0o600)
+        log.info("created the admin API token in %s", path)
+    (ctx.config.data_dir / CLIENT_FILE).write_text(
+        json.dumps({"url": ctx.config.url, "ca": str(ctx.authority.ca_path)}, indent=2) + "\n"
+    )
+    return path
+
+
+def build_server(config: ServerConfig) -> tuple[ServerContext, uvicorn.Server]:
+    """Open the data directory, issue the TLS certificate and make the uvicorn server."""
+    ctx = ServerContext.open(config)
+    ctx.authority.issue_server_cert([config.host, *config.server_names])
+    ensure_admin(ctx)
+    uv_config = uvicorn.Config(
+        create_app(ctx),
+        host=config.host,
+        port=config.port,
+        http=ClientCertH11Protocol,
+        ssl_keyfile=str(ctx.authority.server_key_path),
+        ssl_certfile=str(ctx.authority.server_cert_path),
+        ssl_ca_certs=str(ctx.authority.ca_path),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        log_level="warning",
+        lifespan="on",
+    )
+    return ctx, uvicorn.Server(uv_config)

@@ -1,0 +1,43 @@
+"""Ingest: validate a batch, commit what is new, run detection on it, store the alerts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vigil.cases.alerts import build_alert
+from vigil.schema.validate import validate_batch
+from vigil.schema.wire import BatchAck, EventBatch
+from vigil.server.context import ServerContext
+
+log = logging.getLogger(__name__)
+
+
+def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -> BatchAck:
+    """Store a batch from an enrolled agent; raises SchemaError before storing anything bad."""
+    flat_events = validate_batch(batch.events)
+
+    # The server, not the agent, says which host and agent an event came from.
+    for flat in flat_events:
+        flat["host.id"] = agent["id"]
+        flat["host.name"] = agent["hostname"]
+        flat["agent.id"] = agent["id"]
+
+    fresh, committed = ctx.telemetry.commit_batch(
+        agent["tenant_id"], agent["id"], batch.spool_epoch, flat_events
+    )
+    ctx.state.touch_agent(agent["id"])
+
+    for flat in fresh:
+        for rule in ctx.rules.match(flat):
+            alert = build_alert(rule, flat, agent["hostname"])
+            ctx.state.add_alert(agent["tenant_id"], alert)
+            log.info(
+                "alert %s: %s on %s (%s)", alert["id"], rule.title, agent["hostname"],
+                ",".join(rule.attack_techniques),
+            )
+    return BatchAck(
+        committed_sequence=committed,
+        accepted=len(fresh),
+        duplicates=len(flat_events) - len(fresh),
+    )

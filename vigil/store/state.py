@@ -1,0 +1,275 @@
+"""Server state in SQLite: tenants, agents, tokens, alerts, tasks and the audit trail.
+
+Every row carries its tenant. The embedded mode makes one tenant, ``default``; nothing here
+assumes there is only one. All access goes through this class, so a PostgreSQL backend can
+replace it without touching the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TENANT = "default"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_hash TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL,
+    role TEXT NOT NULL, created REAL);
+CREATE TABLE IF NOT EXISTS enroll_tokens (
+    token_hash TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created REAL, expires REAL,
+    uses_left INTEGER);
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, host_id TEXT, hostname TEXT, os TEXT,
+    version TEXT, enrolled REAL, last_seen REAL, health TEXT, isolated INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created REAL, timestamp TEXT,
+    rule TEXT, attack TEXT, host_id TEXT, host_name TEXT, entity_id TEXT, event TEXT,
+    status TEXT DEFAULT 'new');
+CREATE INDEX IF NOT EXISTS alerts_by_tenant ON alerts (tenant_id, created);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, agent_id TEXT NOT NULL, action TEXT,
+    params TEXT, status TEXT, requested_by TEXT, reason TEXT, created REAL, updated REAL,
+    expires REAL, body TEXT, signature TEXT, result TEXT, message TEXT);
+CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks (agent_id, status);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, at REAL, actor TEXT,
+    action TEXT, target TEXT, params TEXT, outcome TEXT);
+"""
+
+
+def token_hash(token: str) -> str:
+    """Tokens are stored only as their SHA-256."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None
+
+
+class StateStore:
+    """Thread-safe access to the state database of one data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._ensure_tenant(DEFAULT_TENANT, "Default")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        with self._lock:
+            return _row(self._db.execute(sql, args).fetchone())
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def _ensure_tenant(self, tenant_id: str, name: str) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO tenants (id, name, created) VALUES (?, ?, ?)",
+            (tenant_id, name, time.time()),
+        )
+
+    # Tokens.
+
+    def create_api_token(self, tenant_id: str, name: str, role: str = "admin") -> str:
+        token = "vgt_" + secrets.token_urlsafe(32)
+        self._exec(
+            "INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?)",
+            (token_hash(token), tenant_id, name, role, time.time()),
+        )
+        return token
+
+    def api_token(self, token: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash(token),))
+
+    def create_enroll_secret(self, tenant_id: str, ttl: float, uses: int) -> str:
+        secret = secrets.token_urlsafe(24)
+        now = time.time()
+        self._exec(
+            "INSERT INTO enroll_tokens VALUES (?, ?, ?, ?, ?)",
+            (token_hash(secret), tenant_id, now, now + ttl, uses),
+        )
+        return secret
+
+    def redeem_enroll_secret(self, secret: str) -> str | None:
+        """Use up one enrollment of a secret; return its tenant, or None when it is not valid."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM enroll_tokens WHERE token_hash = ?", (token_hash(secret),)
+            ).fetchone()
+            if row is None or row["expires"] < time.time() or row["uses_left"] < 1:
+                return None
+            self._db.execute(
+                "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
+                (row["token_hash"],),
+            )
+            return str(row["tenant_id"])
+
+    # Agents.
+
+    def add_agent(self, tenant_id: str, host_id: str, hostname: str, os: str, version: str) -> str:
+        agent_id = str(uuid.uuid4())
+        now = time.time()
+        self._exec(
+            "INSERT INTO agents (id, tenant_id, host_id, hostname, os, version, enrolled,"
+            " last_seen, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (agent_id, tenant_id, host_id, hostname, os, version, now, now, "{}"),
+        )
+        return agent_id
+
+    def agent(self, agent_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM agents WHERE id = ?", (agent_id,))
+
+    def agents(self, tenant_id: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM agents WHERE tenant_id = ? ORDER BY enrolled", (tenant_id,))
+
+    def record_heartbeat(self, agent_id: str, health: dict[str, Any], isolated: bool) -> None:
+        self._exec(
+            "UPDATE agents SET last_seen = ?, health = ?, isolated = ? WHERE id = ?",
+            (time.time(), json.dumps(health), int(isolated), agent_id),
+        )
+
+    def touch_agent(self, agent_id: str) -> None:
+        self._exec("UPDATE agents SET last_seen = ? WHERE id = ?", (time.time(), agent_id))
+
+    def set_isolated(self, agent_id: str, isolated: bool) -> None:
+        self._exec("UPDATE agents SET isolated = ? WHERE id = ?", (int(isolated), agent_id))
+
+    # Alerts.
+
+    def add_alert(self, tenant_id: str, alert: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO alerts (id, tenant_id, created, timestamp, rule, attack, host_id,"
+            " host_name, entity_id, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                alert["id"], tenant_id, time.time(), alert["@timestamp"],
+                json.dumps(alert["rule"]), json.dumps(alert["attack"]), alert["host"]["id"],
+                alert["host"]["name"], alert.get("entity_id"), json.dumps(alert["event"]),
+            ),
+        )
+
+    def alerts(self, tenant_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT * FROM alerts WHERE tenant_id = ? ORDER BY created DESC LIMIT ?",
+            (tenant_id, limit),
+        )
+        return [_alert(r) for r in rows]
+
+    def alert(self, tenant_id: str, alert_id: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT * FROM alerts WHERE tenant_id = ? AND id = ?", (tenant_id, alert_id)
+        )
+        return _alert(row) if row else None
+
+    # Tasks.
+
+    def add_task(self, task: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO tasks (id, tenant_id, agent_id, action, params, status, requested_by,"
+            " reason, created, updated, expires, body, signature) VALUES"
+            " (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task["id"], task["tenant_id"], task["agent_id"], task["action"],
+                json.dumps(task["params"]), task["requested_by"], task["reason"],
+                task["created"], task["created"], task["expires"], task["body"],
+                task["signature"],
+            ),
+        )
+
+    def pending_tasks(self, agent_id: str) -> list[dict[str, Any]]:
+        """Queued tasks for an agent; expired ones are marked so on the way."""
+        now = time.time()
+        self._exec(
+            "UPDATE tasks SET status = 'expired', updated = ? WHERE agent_id = ?"
+            " AND status IN ('queued', 'delivered') AND expires < ?",
+            (now, agent_id, now),
+        )
+        return self._all(
+            "SELECT * FROM tasks WHERE agent_id = ? AND status = 'queued' ORDER BY created",
+            (agent_id,),
+        )
+
+    def set_task_status(
+        self, task_id: str, status: str, result: dict[str, Any] | None = None, message: str = ""
+    ) -> None:
+        self._exec(
+            "UPDATE tasks SET status = ?, updated = ?, result = COALESCE(?, result),"
+            " message = ? WHERE id = ?",
+            (status, time.time(), json.dumps(result) if result is not None else None, message,
+             task_id),
+        )
+
+    def task(self, tenant_id: str, task_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM tasks WHERE tenant_id = ? AND id = ?", (tenant_id, task_id))
+        return _task(row) if row else None
+
+    def task_for_agent(self, agent_id: str, task_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM tasks WHERE agent_id = ? AND id = ?", (agent_id, task_id))
+        return _task(row) if row else None
+
+    def tasks(self, tenant_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT * FROM tasks WHERE tenant_id = ? ORDER BY created DESC LIMIT ?",
+            (tenant_id, limit),
+        )
+        return [_task(r) for r in rows]
+
+    # Audit trail.
+
+    def audit(
+        self, tenant_id: str, actor: str, action: str, target: str, params: dict[str, Any],
+        outcome: str,
+    ) -> None:
+        self._exec(
+            "INSERT INTO audit_log (tenant_id, at, actor, action, target, params, outcome)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (tenant_id, time.time(), actor, action, target, json.dumps(params), outcome),
+        )
+
+    def audit_log(self, tenant_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT * FROM audit_log WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
+            (tenant_id, limit),
+        )
+        for row in rows:
+            row["params"] = json.loads(row["params"])
+        return rows
+
+
+def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "@timestamp": row["timestamp"],
+        "rule": json.loads(row["rule"]),
+        "attack": json.loads(row["attack"]),
+        "host": {"id": row["host_id"], "name": row["host_name"]},
+        "status": row["status"],
+        "event": json.loads(row["event"]),
+    }
+
+
+def _task(row: dict[str, Any]) -> dict[str, Any]:
+    task = {k: row[k] for k in ("id", "agent_id", "action", "status", "requested_by", "reason",
+                                "created", "updated", "expires", "message")}
+    task["params"] = json.loads(row["params"])
+    task["result"] = json.loads(row["result"]) if row["result"] else None
+    return task
