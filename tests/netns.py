@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOSTS = ("endpoint", "server", "third")
+# Absolute, so that a command run with its own PATH still finds iproute2.
+IP = shutil.which("ip") or "ip"
 
 _LISTENER = """
 import selectors, socket, sys
@@ -75,7 +77,7 @@ def skip_reason() -> str | None:
 
 
 def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run([IP, *args], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"'ip {' '.join(args)}' failed: {done.stderr.strip()}")
 
@@ -102,7 +104,7 @@ class Host:
 
     def command(self, cmd: Sequence[str]) -> list[str]:
         """Return ``cmd`` wrapped so that it runs inside this host's namespace."""
-        return ["ip", "netns", "exec", self.ns, *cmd]
+        return [IP, "netns", "exec", self.ns, *cmd]
 
     def run(
         self,
@@ -315,7 +317,7 @@ class Lab:
         self._processes.clear()
         for ns in reversed(self._namespaces):
             leftover = subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+                [IP, "netns", "pids", ns], capture_output=True, text=True, check=False
             ).stdout.split()
             if leftover:
                 log.warning("processes %s still run in namespace %s", leftover, ns)
