@@ -1,0 +1,250 @@
+"""Compile a rule's detections and condition into one test on a flat ECS event.
+
+pySigma parses the YAML, the detection items (with their modifiers applied) and the condition
+string; this module walks those parsed objects and builds plain Python closures. Each named
+detection is compiled once, however often the condition refers to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sigma.conditions import (
+    ConditionAND,
+    ConditionIdentifier,
+    ConditionNOT,
+    ConditionOR,
+    ConditionSelector,
+)
+from sigma.modifiers import SigmaBase64Modifier, SigmaBase64OffsetModifier
+from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaDetections
+from sigma.types import SigmaExists, SigmaFieldReference, SigmaNull, SigmaType
+
+from vigil.detect.errors import UnsupportedConstruct
+from vigil.detect.fieldmap import MISSING, FieldMap
+from vigil.detect.values import ValuePredicate, apply_aliases, as_text, compile_values
+
+logger = logging.getLogger(__name__)
+
+EventPredicate = Callable[[Mapping[str, Any]], bool]
+Getter = Callable[[Mapping[str, Any]], Any]
+
+# Base64 text is case-significant: matching it case-insensitively would only add false hits.
+_CASED_MODIFIERS = (SigmaBase64Modifier, SigmaBase64OffsetModifier)
+
+
+def all_of(tests: Sequence[EventPredicate]) -> EventPredicate:
+    """AND of event tests, short-circuiting in order."""
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda event: first(event) and second(event)
+    frozen = tuple(tests)
+    return lambda event: all(test(event) for test in frozen)
+
+
+def any_of(tests: Sequence[EventPredicate]) -> EventPredicate:
+    """OR of event tests, short-circuiting in order."""
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda event: first(event) or second(event)
+    frozen = tuple(tests)
+    return lambda event: any(test(event) for test in frozen)
+
+
+def _negate(test: EventPredicate) -> EventPredicate:
+    return lambda event: not test(event)
+
+
+def text_values(event: Mapping[str, Any]) -> Iterator[str]:
+    """Every string in an event, list elements included; what keyword detections search."""
+    for value in event.values():
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list | tuple):
+            yield from (item for item in value if isinstance(item, str))
+
+
+def _on_field(get: Getter, test: ValuePredicate) -> EventPredicate:
+    def match(event: Mapping[str, Any]) -> bool:
+        value = get(event)
+        if value is MISSING or value is None:
+            return False
+        if isinstance(value, list | tuple):
+            return any(test(item) for item in value if item is not None)
+        return test(value)
+
+    return match
+
+
+def _is_null(get: Getter) -> EventPredicate:
+    def match(event: Mapping[str, Any]) -> bool:
+        value = get(event)
+        return value is MISSING or value is None or (isinstance(value, list) and not value)
+
+    return match
+
+
+def _exists(get: Getter, wanted: bool) -> EventPredicate:
+    def match(event: Mapping[str, Any]) -> bool:
+        value = get(event)
+        return (value is not MISSING and value is not None) is wanted
+
+    return match
+
+
+def _field_ref(get: Getter, other: Getter, ref: SigmaFieldReference) -> EventPredicate:
+    def texts(value: Any) -> list[str]:
+        if value is MISSING or value is None:
+            return []
+        items = value if isinstance(value, list | tuple) else [value]
+        return [as_text(item).lower() for item in items if item is not None]
+
+    if ref.starts_with and ref.ends_with:
+        relation: Callable[[str, str], bool] = lambda mine, theirs: theirs in mine  # noqa: E731
+    elif ref.starts_with:
+        relation = str.startswith
+    elif ref.ends_with:
+        relation = str.endswith
+    else:
+        relation = str.__eq__
+
+    def match(event: Mapping[str, Any]) -> bool:
+        theirs = texts(other(event))
+        return any(relation(mine, t) for mine in texts(get(event)) for t in theirs)
+
+    return match
+
+
+class DetectionCompiler:
+    """Compiles the detections of one rule, resolving fields through the field map."""
+
+    def __init__(self, fieldmap: FieldMap, logsource: Mapping[str, str]) -> None:
+        """Bind the field map to the rule's log source.
+
+        Args:
+            fieldmap: The Sigma-to-ECS field table.
+            logsource: The rule's ``logsource`` section.
+        """
+        self._fieldmap = fieldmap
+        self._logsource = logsource
+        self._getters: dict[str, Getter] = {}
+
+    def _getter(self, sigma_field: str) -> Getter:
+        if sigma_field not in self._getters:
+            accessor = self._fieldmap.accessor(sigma_field, self._logsource)
+            self._getters[sigma_field] = accessor.getter()
+        return self._getters[sigma_field]
+
+    def detection(self, detection: SigmaDetection) -> EventPredicate:
+        """Compile one named detection (a map is AND, a list of maps is OR)."""
+        tests = [
+            self.detection(item) if isinstance(item, SigmaDetection) else self.item(item)
+            for item in detection.detection_items
+        ]
+        return all_of(tests) if detection.item_linking is ConditionAND else any_of(tests)
+
+    def item(self, item: SigmaDetectionItem) -> EventPredicate:
+        """Compile one ``field|modifiers: values`` entry, or a keyword list when field is None."""
+        cased = any(m in _CASED_MODIFIERS for m in item.modifiers)
+        if item.field is None:
+            test = self._keywords(item.value, item.value_linking is ConditionAND, cased)
+        else:
+            test = self._field(item, cased)
+        return _negate(test) if item.negated else test
+
+    def _keywords(self, values: list[SigmaType], linked_and: bool, cased: bool) -> EventPredicate:
+        def search(test: ValuePredicate) -> EventPredicate:
+            return lambda event: any(test(text) for text in text_values(event))
+
+        if linked_and:
+            return all_of([search(compile_values([v], cased=cased, keyword=True)) for v in values])
+        return search(compile_values(values, cased=cased, keyword=True))
+
+    def _field(self, item: SigmaDetectionItem, cased: bool) -> EventPredicate:
+        assert item.field is not None
+        accessor = self._fieldmap.accessor(item.field, self._logsource)
+        get = self._getter(item.field)
+        if not item.value:
+            return _is_null(get)
+        values = apply_aliases(item.value, accessor.value_aliases)
+
+        special: list[EventPredicate] = []
+        plain: list[SigmaType] = []
+        for value in values:
+            if isinstance(value, SigmaNull):
+                special.append(_is_null(get))
+            elif isinstance(value, SigmaExists):
+                special.append(_exists(get, value.exists))
+            elif isinstance(value, SigmaFieldReference):
+                special.append(_field_ref(get, self._getter(value.field), value))
+            else:
+                plain.append(value)
+
+        if item.value_linking is ConditionAND:
+            tests = [_on_field(get, compile_values([v], cased=cased)) for v in plain]
+            return all_of(special + tests)
+        if plain:
+            special.insert(0, _on_field(get, compile_values(plain, cased=cased)))
+        return any_of(special)
+
+
+def _selector_names(selector: ConditionSelector, names: Sequence[str]) -> list[str]:
+    # Names starting with "_" come from Sigma filters and are only selected by "_" patterns.
+    hidden_ok = selector.pattern.startswith("_")
+    text = "*" if selector.pattern == "them" else selector.pattern
+    pattern = re.compile(".*".join(re.escape(part) for part in text.split("*")))
+    chosen = [
+        name
+        for name in names
+        if pattern.fullmatch(name) and (hidden_ok or not name.startswith("_"))
+    ]
+    if not chosen:
+        raise UnsupportedConstruct(
+            f"condition selector '{selector.args[0]} of {selector.pattern}' matches no "
+            "detection; fix the pattern or the detection names"
+        )
+    return chosen
+
+
+def compile_condition(detections: SigmaDetections, compiler: DetectionCompiler) -> EventPredicate:
+    """Compile the rule's condition(s) into one event test; several conditions are OR-linked.
+
+    Raises:
+        UnsupportedConstruct: The condition names an unknown detection or an unknown operator.
+        sigma.exceptions.SigmaError: The condition does not parse.
+    """
+    compiled: dict[str, EventPredicate] = {}
+    names = list(detections.detections)
+
+    def named(name: str) -> EventPredicate:
+        if name not in compiled:
+            if name not in detections.detections:
+                raise UnsupportedConstruct(
+                    f"condition refers to detection '{name}', which the rule does not define"
+                )
+            compiled[name] = compiler.detection(detections.detections[name])
+        return compiled[name]
+
+    def walk(node: Any) -> EventPredicate:
+        if isinstance(node, ConditionIdentifier):
+            return named(node.identifier)
+        if isinstance(node, ConditionSelector):
+            tests = [named(name) for name in _selector_names(node, names)]
+            return all_of(tests) if node.cond_class is ConditionAND else any_of(tests)
+        if isinstance(node, ConditionNOT):
+            return _negate(walk(node.args[0]))
+        if isinstance(node, ConditionAND):
+            return all_of([walk(arg) for arg in node.args])
+        if isinstance(node, ConditionOR):
+            return any_of([walk(arg) for arg in node.args])
+        raise UnsupportedConstruct(f"condition element {node!r} is not supported")
+
+    trees = [condition.parse(postprocess=False) for condition in detections.parsed_condition]
+    return any_of([walk(tree) for tree in trees])
