@@ -54,14 +54,22 @@ def _message(exc: BaseException) -> str:
 
 def load_file(path: Path, fieldmap: FieldMap) -> tuple[list[Rule], list[RuleLoadError]]:
     """Load and compile every rule of one file; failures come back as errors, not exceptions."""
-    shown = str(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [RuleLoadError(str(path), None, f"cannot read rule file: {exc}")]
+    return load_text(text, str(path), fieldmap)
+
+
+def load_text(text: str, path: str, fieldmap: FieldMap) -> tuple[list[Rule], list[RuleLoadError]]:
+    """Load and compile every rule of a YAML text (one or more documents) said to come from path."""
+    shown = path
+    try:
         collection = SigmaCollection.from_yaml(
             text, collect_errors=True, source=SigmaRuleLocation(path)
         )
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, SigmaError) as exc:
-        return [], [RuleLoadError(shown, None, f"cannot read rule file: {_message(exc)}")]
+    except (yaml.YAMLError, SigmaError) as exc:
+        return [], [RuleLoadError(shown, None, f"cannot parse rule file: {_message(exc)}")]
 
     rules: list[Rule] = []
     errors: list[RuleLoadError] = []
@@ -130,6 +138,22 @@ class RuleSet:
         for error in errors:
             logger.warning("rule not loaded: %s", error)
         logger.info("loaded %d rules, %d failed", len(rules), len(errors))
+        return cls(rules, errors)
+
+    @classmethod
+    def from_yaml(
+        cls, text: str, path: str = "<memory>", fieldmap: FieldMap | None = None
+    ) -> RuleSet:
+        """Load rules from YAML text, e.g. a rule uploaded through the API or written in a test.
+
+        Args:
+            text: One or more Sigma YAML documents.
+            path: The name to give the source in :class:`Rule` and :class:`RuleLoadError`.
+            fieldmap: The field table; Vigil's own ``fieldmap.yml`` when None.
+        """
+        rules, errors = load_text(text, path, fieldmap or default_fieldmap())
+        for error in errors:
+            logger.warning("rule not loaded: %s", error)
         return cls(rules, errors)
 
     def candidates(self, event: Mapping[str, Any]) -> list[Rule]:
