@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import pwd
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -313,6 +314,13 @@ class ExecutableHasher:
         return digest
 
 
+def _os_type() -> str:
+    """ECS ``host.os.type`` of this host."""
+    if sys.platform.startswith("linux"):
+        return "linux"
+    return {"darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
+
+
 def event_base(
     context: SensorContext, moment: float, event_type: str, action: str, unique: str
 ) -> dict[str, Any]:
@@ -336,7 +344,7 @@ def event_base(
             "action": action,
             "id": digest,
         },
-        "host": {"id": context.host_id, "name": context.host_name, "os": {"type": "linux"}},
+        "host": {"id": context.host_id, "name": context.host_name, "os": {"type": _os_type()}},
         "agent": {"id": context.agent_id},
     }
 

@@ -115,7 +115,7 @@ def parse_messages(data: bytes) -> Iterator[NetlinkMessage]:
 def ack_error(payload: bytes) -> int:
     """The (positive) errno carried by an ``NLMSG_ERROR`` message; 0 is a plain acknowledgement."""
     (code,) = _NLMSGERR.unpack_from(payload)
-    return -code
+    return -int(code)
 
 
 class AuditSocket:

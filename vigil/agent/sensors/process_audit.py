@@ -19,6 +19,7 @@ Options (``SensorContext.options``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -193,7 +194,7 @@ class ProcessAuditSensor(Sensor):
         self._exec_syscalls = rules.exec_syscalls()
         self._exit_syscalls = rules.exit_syscalls()
         for counter in ("events", "records", "lost", "backlog", "parse_errors"):
-            self.counters.setdefault(counter, 0)
+            self.count(counter, 0)
 
         if self.context.processes is None:
             self.context.processes = ProcessTable(self.context.agent_id)
@@ -285,7 +286,8 @@ class ProcessAuditSensor(Sensor):
         With ``generation_only`` only audit generation is undone (enabled flag, rules), so the
         receive thread can drain what the kernel still holds before the pid is released.
         """
-        changes, control, problems = self._changes, self._control, []
+        changes, control = self._changes, self._control
+        problems: list[str] = []
         if control is None or changes.previous is None:
             return problems
         previous = changes.previous
@@ -300,12 +302,12 @@ class ProcessAuditSensor(Sensor):
                 )
             )
         for data in changes.rules:
-            steps.append(("delete rule", lambda data=data: control.delete_rule(data)))
+            steps.append(("delete rule", functools.partial(control.delete_rule, data)))
         if not generation_only:
             if changes.pid_registered:
                 steps.append(
                     (
-                        f"pid={previous.pid}",
+                        "pid=0",
                         lambda: control.set_status(netlink.AUDIT_STATUS_PID, pid=0),
                     )
                 )

@@ -112,7 +112,7 @@ class ProcessPollSensor(Sensor):
             self.context.processes = ProcessTable(self.context.agent_id)
         self._table = self.context.processes
         for counter in ("events", "polls", "errors"):
-            self.counters.setdefault(counter, 0)
+            self.count(counter, 0)
 
         self._known = self._snapshot()
         for seen in self._known.values():
@@ -181,7 +181,10 @@ class ProcessPollSensor(Sensor):
             seen = current[key]
             ppid = seen.instance.ppid
             parent = self._table.get(ppid) if ppid is not None else None
-            if parent is not None and read_start_ticks(ppid) not in (None, parent.start_ticks):
+            if parent is not None and read_start_ticks(parent.pid) not in (
+                None,
+                parent.start_ticks,
+            ):
                 parent = None  # the pid now holds another process
             if parent is not None:
                 seen.instance = replace(seen.instance, parent_entity_id=parent.entity_id)
