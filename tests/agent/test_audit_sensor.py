@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vigil.agent.audit import netlink
+from vigil.agent.audit import netlink, rules
 from vigil.agent.errors import AgentError, NotApplicable
 from vigil.agent.processes import read_start_ticks
 from vigil.agent.sensors.base import SensorContext
@@ -314,3 +314,20 @@ def test_burst_of_execs_loses_nothing(
     print(f"{count} execs seen in {elapsed:.2f} s ({count / elapsed:.0f}/s); {health.counters}")
     assert seen, f"missing exec events; health {health}"
     assert health.counters["parse_errors"] == 0
+
+
+def test_rules_left_by_a_crashed_run_are_replaced_not_doubled(
+    audit_guard: netlink.AuditStatus,
+    make_context: MakeContext,
+    audit_rules_of_ours: Callable[[], list[bytes]],
+) -> None:
+    sock = netlink.AuditSocket()
+    try:
+        sock.add_rule(rules.process_rules()[0].pack())
+        sensor = ProcessAuditSensor(make_context()[0])
+        sensor.start()
+        assert len(audit_rules_of_ours()) == len(rules.process_rules())
+        sensor.stop()
+    finally:
+        sock.close()
+    assert audit_rules_of_ours() == []
