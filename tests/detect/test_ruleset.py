@@ -10,6 +10,7 @@ import pytest
 import vigil.detect
 from tests.detect.helpers import network_event, one_rule, process_event, rule_text
 from vigil.detect import LogSource, RuleSet, builtin_rules_dir, event_logsources
+from vigil.detect.fieldmap import default_fieldmap
 from vigil.detect.rules import attack_tags
 
 CURL = {"selection": {"Image|endswith": "/curl"}, "condition": "selection"}
@@ -245,3 +246,10 @@ def test_builtin_rules_dir_is_the_repo_rules_folder() -> None:
     folder = builtin_rules_dir()
     assert folder.is_dir()
     assert any(folder.rglob("*.yml"))
+
+
+def test_docs_list_every_mapped_field() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text(encoding="utf-8")
+    for section, entries in default_fieldmap().table().items():
+        for sigma_field in entries:
+            assert f"`{sigma_field}`" in doc, f"docs/rules.md lacks {section}.{sigma_field}"

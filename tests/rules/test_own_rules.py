@@ -86,3 +86,9 @@ def test_rule_is_complete(rule: Rule) -> None:
 
 def test_rule_ids_are_unique() -> None:
     assert len(RULES_BY_ID) == len(OWN.rules)
+
+
+def test_docs_list_every_own_rule() -> None:
+    doc = (RULES_DIR.parent / "docs" / "rules.md").read_text(encoding="utf-8")
+    for rule in OWN.rules:
+        assert Path(rule.path).name in doc, f"docs/rules.md lacks {rule.path}"
