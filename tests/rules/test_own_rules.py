@@ -92,3 +92,27 @@ def test_docs_list_every_own_rule() -> None:
     doc = (RULES_DIR.parent / "docs" / "rules.md").read_text(encoding="utf-8")
     for rule in OWN.rules:
         assert Path(rule.path).name in doc, f"docs/rules.md lacks {rule.path}"
+
+
+BENIGN = [
+    ("/usr/bin/ls", "ls -la /home/alice"),
+    ("/usr/bin/git", "git pull --rebase"),
+    ("/usr/bin/apt-get", "apt-get install -y nginx"),
+    ("/usr/bin/systemctl", "systemctl restart nginx"),
+    ("/usr/bin/journalctl", "journalctl -u auditd --since today"),
+    ("/usr/sbin/auditctl", "auditctl -s"),
+    ("/usr/bin/chmod", "chmod 600 /home/alice/.ssh/authorized_keys"),
+    ("/usr/bin/ssh-keygen", "ssh-keygen -t ed25519 -f /home/alice/.ssh/id_ed25519"),
+    ("/usr/bin/crontab", "crontab -l"),
+    ("/usr/bin/python3", "python3 manage.py runserver"),
+    ("/usr/bin/curl", "curl -fsSL -o /tmp/get-docker.sh https://get.docker.com"),
+    ("/usr/bin/tar", "tar xzf /tmp/release.tar.gz -C /opt/app"),
+    ("/usr/sbin/useradd", "useradd -m -s /bin/bash deploy"),
+    ("/usr/bin/bash", "bash -c 'history | tail -n 5'"),
+]
+
+
+@pytest.mark.parametrize(("executable", "command_line"), BENIGN, ids=[c for _, c in BENIGN])
+def test_everyday_commands_fire_no_own_rule(executable: str, command_line: str) -> None:
+    event = as_event({"process.executable": executable, "process.command_line": command_line})
+    assert [rule.title for rule in OWN.match(event)] == []

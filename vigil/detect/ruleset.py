@@ -66,7 +66,7 @@ def load_text(text: str, path: str, fieldmap: FieldMap) -> tuple[list[Rule], lis
     shown = path
     try:
         collection = SigmaCollection.from_yaml(
-            text, collect_errors=True, source=SigmaRuleLocation(path)
+            text, collect_errors=True, source=SigmaRuleLocation(Path(path))
         )
     except (yaml.YAMLError, SigmaError) as exc:
         return [], [RuleLoadError(shown, None, f"cannot parse rule file: {_message(exc)}")]

@@ -85,14 +85,15 @@ class _StringGroup:
         self.any_value = False
 
     def add(self, value: SigmaString) -> None:
-        parts = list(value.s)
-        for part in parts:
+        for part in value.s:
             if isinstance(part, Placeholder):
                 raise UnsupportedConstruct(
                     f"placeholder %{part.name}% cannot be resolved by Vigil; replace it with "
                     "the values it stands for"
                 )
-        parts = _merge_literals(p.lower() if isinstance(p, str) and self.fold else p for p in parts)
+        parts = _merge_literals(
+            p.lower() if isinstance(p, str) and self.fold else p for p in value.s
+        )
         star = SpecialChars.WILDCARD_MULTI
         literals = [p for p in parts if isinstance(p, str)]
         specials = [p for p in parts if not isinstance(p, str)]
