@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.detect.helpers import network_event, one_rule, process_event
+from .helpers import network_event, one_rule, process_event
 
 NET = {"product": "linux", "category": "network_connection"}
 

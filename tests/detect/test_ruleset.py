@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 import vigil.detect
-from tests.detect.helpers import network_event, one_rule, process_event, rule_text
 from vigil.detect import LogSource, RuleSet, builtin_rules_dir, event_logsources
 from vigil.detect.fieldmap import default_fieldmap
 from vigil.detect.rules import attack_tags
+
+from .helpers import network_event, one_rule, process_event, rule_text
 
 CURL = {"selection": {"Image|endswith": "/curl"}, "condition": "selection"}
 

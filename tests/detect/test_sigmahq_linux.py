@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.detect.helpers import SIGMA_LINUX, process_event
 from vigil.detect import Rule, RuleSet
+
+from .helpers import SIGMA_LINUX, process_event
 
 pytestmark = pytest.mark.skipif(
     not SIGMA_LINUX.is_dir(), reason=f"SigmaHQ rules not found at {SIGMA_LINUX}"
