@@ -196,8 +196,13 @@ class Agent:
             sensors[sensor.name] = sensor.health().as_dict()
         spool = self.spool.stats()
         spool["rejected_batches"] = self.rejected_batches
-        return {"sensors": sensors, "spool": spool, "isolated": isolate.isolation_active(
-            self.action_context)}
+        return {"sensors": sensors, "spool": spool, "isolated": self._isolated()}
+
+    def _isolated(self) -> bool:
+        try:
+            return isolate.load_state(self.action_context) is not None and isolate.isolation_active()
+        except Exception:  # a missing nft binary only means we cannot tell
+            return False
 
     def _heartbeat(self) -> None:
         while not self._stop.is_set():

@@ -44,7 +44,7 @@ class EventBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spool_epoch: str = Field(min_length=1, max_length=64)
-    events: list[dict[str, Any]] = Field(max_length=MAX_BATCH_EVENTS)
+    events: list[Any] = Field(max_length=MAX_BATCH_EVENTS)
 
 
 class BatchAck(BaseModel):

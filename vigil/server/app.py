@@ -91,5 +91,7 @@ def build_server(config: ServerConfig) -> tuple[ServerContext, uvicorn.Server]:
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         log_level="warning",
         lifespan="on",
+        # Agents hold long polls open; shutdown must not wait on them.
+        timeout_graceful_shutdown=3,
     )
     return ctx, uvicorn.Server(uv_config)

@@ -259,6 +259,27 @@ def reapply_if_isolated(context: ActionContext) -> bool:
     return True
 
 
+def lift_rules_keep_state(context: ActionContext) -> bool:
+    """Remove the isolation table but keep the saved state, as the agent does when it stops.
+
+    Nothing of the agent is left in the kernel after it stops, and the next start isolates
+    the host again from the saved state.
+
+    Returns:
+        True if a table was removed.
+    """
+    if load_state(context) is None:
+        return False
+    try:
+        removed = nft.delete_table(TABLE_FAMILY, TABLE_NAME)
+    except ResponseError as exc:
+        log.warning("could not lift isolation rules at stop: %s", exc)
+        return False
+    if removed:
+        log.info("lifted isolation rules at stop; they return when the agent starts")
+    return removed
+
+
 class IsolateAction(Action):
     """Cut the host off the network except for its channel to the server.
 

@@ -1,0 +1,64 @@
+"""The analyst side of the CLI: finding the server and calling its REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vigil.errors import VigilError
+
+
+class CliError(VigilError):
+    """A CLI command failed; the message is shown to the user as it is."""
+
+
+class ApiClient:
+    """REST calls with the analyst's token, verified against the server's CA."""
+
+    def __init__(self, url: str, token: str, ca: str | None) -> None:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        self._client = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
+            timeout=60,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    @classmethod
+    def from_environment(cls, data_dir: Path) -> ApiClient:
+        """VIGIL_SERVER, VIGIL_TOKEN and VIGIL_CA win; otherwise the files in the data dir."""
+        info_path = data_dir / "server.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        url = os.environ.get("VIGIL_SERVER") or info.get("url")
+        token = os.environ.get("VIGIL_TOKEN")
+        token_path = data_dir / "admin-token"
+        if not token and token_path.exists():
+            token = token_path.read_text().strip()
+        if not url or not token:
+            raise CliError(
+                f"no server found in {data_dir}: start one with 'vigil up', pass --data-dir, "
+                "or set VIGIL_SERVER and VIGIL_TOKEN"
+            )
+        return cls(url, token, os.environ.get("VIGIL_CA") or info.get("ca"))
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             params: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._client.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the server: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise CliError(f"{method} {path} failed ({response.status_code}): {detail}")
+        return response.json()

@@ -1,0 +1,173 @@
+"""The ``vigil`` command: run the server and agent, and work alerts, hosts and hunts.
+
+Analyst commands are thin: each is one REST call, printed as a table or, with ``--json``, as the
+API returned it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vigil import logutil
+from vigil.cli import output
+from vigil.cli.client import ApiClient, CliError
+from vigil.errors import VigilError
+
+DEFAULT_DATA_DIR = "./vigil-data"
+DEFAULT_AGENT_STATE = "/var/lib/vigil-agent"
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted before and after the subcommand; SUPPRESS keeps a later default from
+    # overwriting an earlier value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="server data directory (default: $VIGIL_DATA_DIR or ./vigil-data)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the API's JSON instead of a table")
+    return common
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to serve HTTPS on")
+    parser.add_argument("--rules", action="append", default=[], metavar="DIR",
+                        help="a Sigma rule folder to load besides the built-in rules; repeatable")
+    parser.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                        help="another name agents use to reach the server; repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="vigil", parents=[common],
+                                     description="Vigil: detection and response for Linux hosts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="run the server and an agent for this host")
+    _server_options(up)
+    up.add_argument("--sensor", action="append", metavar="NAME", help="agent sensor to run")
+    server = sub.add_parser("server", parents=[common], help="run the server alone")
+    _server_options(server)
+
+    agent = sub.add_parser("agent", parents=[common], help="the endpoint agent")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    agent_run = agent_sub.add_parser("run", parents=[common], help="enroll if needed, then run")
+    agent_run.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
+    agent_run.add_argument("--enroll-token", help="token from 'vigil enroll-token create'")
+    agent_run.add_argument("--ca-fingerprint", help="SHA-256 of the server CA (else the token's)")
+    agent_run.add_argument("--state-dir", default=DEFAULT_AGENT_STATE)
+    agent_run.add_argument("--sensor", action="append", metavar="NAME", help="sensor to run")
+
+    token = sub.add_parser("enroll-token", parents=[common], help="agent enrollment tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", parents=[common], help="print a new token")
+    create.add_argument("--ttl", type=float, default=7 * 24 * 3600, help="lifetime in seconds")
+    create.add_argument("--uses", type=int, default=100, help="how many agents may use it")
+
+    sub.add_parser("status", parents=[common], help="exit 0 once the server is ready")
+
+    hosts = sub.add_parser("hosts", parents=[common], help="enrolled hosts")
+    hosts_sub = hosts.add_subparsers(dest="hosts_command", required=True)
+    hosts_sub.add_parser("list", parents=[common])
+    for name in ("isolate", "release"):
+        action = hosts_sub.add_parser(name, parents=[common])
+        action.add_argument("host_id")
+        action.add_argument("--reason", default="")
+
+    alerts = sub.add_parser("alerts", parents=[common], help="alerts raised by detection")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    alerts_sub.add_parser("list", parents=[common])
+    show = alerts_sub.add_parser("show", parents=[common])
+    show.add_argument("alert_id")
+
+    hunt = sub.add_parser("hunt", parents=[common], help="read-only SQL over telemetry")
+    hunt.add_argument("--sql", required=True, help='e.g. SELECT "process.command_line" FROM events')
+
+    kill = sub.add_parser("kill", parents=[common], help="kill a process on a host by entity id")
+    kill.add_argument("host_id")
+    kill.add_argument("entity_id")
+    kill.add_argument("--tree", action="store_true", help="kill its descendants too")
+    kill.add_argument("--reason", default="")
+
+    tasks = sub.add_parser("tasks", parents=[common], help="response tasks and their outcome")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True)
+    tasks_sub.add_parser("list", parents=[common])
+    task_show = tasks_sub.add_parser("show", parents=[common])
+    task_show.add_argument("task_id")
+    return parser
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    value = getattr(args, "data_dir", None) or os.environ.get("VIGIL_DATA_DIR") or DEFAULT_DATA_DIR
+    return Path(value).resolve()
+
+
+def _run_long(args: argparse.Namespace) -> int:
+    from vigil.cli import run
+
+    data_dir = _data_dir(args)
+    if args.command == "agent":
+        run.run_agent(Path(args.state_dir), args.server, args.enroll_token, args.ca_fingerprint,
+                      args.sensor)
+        return 0
+    try:
+        config = run.server_config(data_dir, args.listen, args.rules, args.server_name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.command == "up":
+        run.run_up(config, args.sensor)
+    else:
+        run.run_server(config)
+    return 0
+
+
+def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
+    command = args.command
+    if command == "status":
+        return api.call("GET", "/status")
+    if command == "enroll-token":
+        return api.call("POST", "/enroll-tokens", {"ttl_seconds": args.ttl, "uses": args.uses})
+    if command == "hosts":
+        if args.hosts_command == "list":
+            return api.call("GET", "/hosts")
+        return api.call("POST", f"/hosts/{args.host_id}/{args.hosts_command}",
+                        {"reason": args.reason})
+    if command == "alerts":
+        if args.alerts_command == "list":
+            return api.call("GET", "/alerts")
+        return api.call("GET", f"/alerts/{args.alert_id}")
+    if command == "hunt":
+        return api.call("POST", "/hunt", {"sql": args.sql})
+    if command == "kill":
+        return api.call("POST", f"/hosts/{args.host_id}/kill",
+                        {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason})
+    if command == "tasks":
+        if args.tasks_command == "list":
+            return api.call("GET", "/tasks")
+        return api.call("GET", f"/tasks/{args.task_id}")
+    raise CliError(f"unknown command {command!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logutil.configure()
+    try:
+        if args.command in ("up", "server", "agent"):
+            return _run_long(args)
+        result = _api_call(args, ApiClient.from_environment(_data_dir(args)))
+    except (CliError, VigilError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        output.render(args, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

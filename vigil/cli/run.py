@@ -1,0 +1,131 @@
+"""Long-running commands: the server, the agent, and both together (``vigil up``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from vigil.agent import identity as identity_mod
+from vigil.agent.runtime import Agent, load_identity
+from vigil.detect import builtin_rules_dir
+from vigil.schema.tokens import make_enroll_token
+from vigil.server.app import ADMIN_TOKEN_FILE, build_server
+from vigil.server.context import ServerConfig, ServerContext
+from vigil.store.state import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
+
+STARTUP_SECONDS = 30.0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` into its parts."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def server_config(
+    data_dir: Path, listen: str, rules: list[str], names: list[str]
+) -> ServerConfig:
+    host, port = parse_listen(listen)
+    return ServerConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        rule_paths=[builtin_rules_dir(), *(Path(r) for r in rules)],
+        server_names=names,
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop.wait(1.0):
+        pass
+
+
+def _start_server(config: ServerConfig) -> tuple[ServerContext, object, threading.Thread]:
+    ctx, server = build_server(config)
+    thread = threading.Thread(target=server.run, name="vigil-server", daemon=True)
+    thread.start()
+    for _ in range(int(STARTUP_SECONDS * 10)):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.1)
+    if not server.started:
+        raise SystemExit(f"the server did not start on {config.url}; see the log above")
+    return ctx, server, thread
+
+
+def _stop_server(ctx: ServerContext, server: object, thread: threading.Thread) -> None:
+    server.should_exit = True  # type: ignore[attr-defined]
+    thread.join(timeout=30)
+    ctx.close()
+
+
+def run_server(config: ServerConfig) -> None:
+    """``vigil server``: serve until SIGINT or SIGTERM."""
+    ctx, server, thread = _start_server(config)
+    print(f"Vigil server listening on {config.url}", flush=True)
+    print(f"Admin API token: {config.data_dir / ADMIN_TOKEN_FILE}", flush=True)
+    print(f"CA fingerprint (SHA-256): {ctx.authority.ca_fingerprint}", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        _stop_server(ctx, server, thread)
+
+
+def run_agent(
+    state_dir: Path, server_url: str | None, token: str | None, fingerprint: str | None,
+    sensors: list[str] | None,
+) -> None:
+    """``vigil agent run``: enroll on first run, then watch and report until stopped."""
+    ident = identity_mod.load(state_dir)
+    if ident is None:
+        if not server_url or not token:
+            raise SystemExit(
+                f"this agent is not enrolled ({state_dir} has no identity): pass --server URL "
+                "and --enroll-token TOKEN (from 'vigil enroll-token create')"
+            )
+        ident = identity_mod.enroll(state_dir, server_url, token, fingerprint)
+    agent = Agent(ident, sensors)
+    agent.start()
+    try:
+        _wait_for_signal()
+    finally:
+        agent.stop()
+
+
+def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
+    """``vigil up``: the server and an agent for this host, in one process."""
+    ctx, server, thread = _start_server(config)
+    agent: Agent | None = None
+    try:
+        state_dir = config.data_dir / "agent"
+        if identity_mod.load(state_dir) is None:
+            secret = ctx.state.create_enroll_secret(DEFAULT_TENANT, ttl=600, uses=1)
+            token = make_enroll_token(secret, ctx.authority.ca_fingerprint)
+            identity_mod.enroll(state_dir, config.url, token)
+        agent = Agent(load_identity(state_dir), sensors)
+        agent.start()
+        print(f"Vigil is up: server {config.url}, agent {agent.identity.agent_id} on "
+              f"{agent.identity.hostname}", flush=True)
+        print(f"Admin API token: {config.data_dir / ADMIN_TOKEN_FILE} "
+              f"(the CLI reads it with --data-dir {config.data_dir})", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        _wait_for_signal()
+    finally:
+        if agent is not None:
+            agent.stop()
+        _stop_server(ctx, server, thread)
+        print("Vigil stopped.", flush=True)
