@@ -44,11 +44,10 @@ class RunningServer:
         return token
 
 
-def start_server(data_dir: Path, rule_paths: list[Path], host: str = "127.0.0.1") -> tuple[
-    RunningServer, object, threading.Thread
-]:
-    config = ServerConfig(data_dir=data_dir, host=host, port=free_port(host),
-                          rule_paths=rule_paths)
+def start_server(
+    data_dir: Path, rule_paths: list[Path], host: str = "127.0.0.1"
+) -> tuple[RunningServer, object, threading.Thread]:
+    config = ServerConfig(data_dir=data_dir, host=host, port=free_port(host), rule_paths=rule_paths)
     ctx, server = build_server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

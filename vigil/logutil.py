@@ -12,3 +12,5 @@ def configure(level: str | None = None) -> None:
         level=(level or os.environ.get("VIGIL_LOG", "INFO")).upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # One line per agent request would drown what matters; failures are logged by the caller.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

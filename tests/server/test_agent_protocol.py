@@ -23,11 +23,21 @@ from vigil.schema.ecs import utc_now_iso
 def process_event(seq: int, command_line: str, executable: str = "/usr/bin/true") -> dict[str, Any]:
     return {
         "@timestamp": utc_now_iso(),
-        "event": {"kind": "event", "category": ["process"], "type": ["start"],
-                  "action": "exec", "sequence": seq},
+        "event": {
+            "kind": "event",
+            "category": ["process"],
+            "type": ["start"],
+            "action": "exec",
+            "sequence": seq,
+        },
         "host": {"os": {"type": "linux"}},
-        "process": {"entity_id": f"e{seq}", "pid": 1000 + seq, "executable": executable,
-                    "command_line": command_line, "args": command_line.split(" ")},
+        "process": {
+            "entity_id": f"e{seq}",
+            "pid": 1000 + seq,
+            "executable": executable,
+            "command_line": command_line,
+            "args": command_line.split(" "),
+        },
     }
 
 
@@ -44,8 +54,11 @@ def link(enrolled: identity.Identity) -> Iterator[ServerLink]:
 
 
 def stored_command_lines(server: RunningServer) -> list[str]:
-    rows = server.api.call("POST", "/hunt", {
-        "sql": 'SELECT "process.command_line" AS c FROM events ORDER BY "event.sequence"'})["rows"]
+    rows = server.api.call(
+        "POST",
+        "/hunt",
+        {"sql": 'SELECT "process.command_line" AS c FROM events ORDER BY "event.sequence"'},
+    )["rows"]
     return [r["c"] for r in rows]
 
 
@@ -63,9 +76,11 @@ def test_enrollment_pins_the_ca_and_rejects_a_wrong_fingerprint(
 
 def test_agent_endpoints_need_the_client_certificate(running_server: RunningServer) -> None:
     ca = str(running_server.ctx.authority.ca_path)
-    response = httpx.post(f"{running_server.url}/api/v1/agent/events",
-                          verify=ssl.create_default_context(cafile=ca),
-                          json={"spool_epoch": "x", "events": []})
+    response = httpx.post(
+        f"{running_server.url}/api/v1/agent/events",
+        verify=ssl.create_default_context(cafile=ca),
+        json={"spool_epoch": "x", "events": []},
+    )
     assert response.status_code == 401
     assert "client certificate" in response.json()["detail"]
 
@@ -88,10 +103,20 @@ def test_batches_are_deduplicated_by_spool_sequence(
     ("bad_event", "message"),
     [
         pytest.param({"event": {"sequence": 2}}, "@timestamp is missing", id="no-timestamp"),
-        pytest.param({"@timestamp": "yesterday", "event": {"sequence": 2}},
-                     "not an ISO 8601 timestamp", id="bad-timestamp"),
-        pytest.param({"@timestamp": "2026-01-01T00:00:00Z", "event": {"sequence": 2},
-                      "process": {"pid": "12"}}, "process.pid must be an integer", id="pid-str"),
+        pytest.param(
+            {"@timestamp": "yesterday", "event": {"sequence": 2}},
+            "not an ISO 8601 timestamp",
+            id="bad-timestamp",
+        ),
+        pytest.param(
+            {
+                "@timestamp": "2026-01-01T00:00:00Z",
+                "event": {"sequence": 2},
+                "process": {"pid": "12"},
+            },
+            "process.pid must be an integer",
+            id="pid-str",
+        ),
         pytest.param({"@timestamp": "2026-01-01T00:00:00Z"}, "event.sequence", id="no-sequence"),
         pytest.param("not an object", "must be a JSON object", id="not-object"),
     ],
@@ -99,11 +124,14 @@ def test_batches_are_deduplicated_by_spool_sequence(
 def test_a_malformed_batch_is_refused_whole_and_loses_nothing(
     running_server: RunningServer, link: ServerLink, bad_event: Any, message: str
 ) -> None:
-    assert link.post("/events", {"spool_epoch": "e",
-                                 "events": [process_event(1, "kept")]}).status_code == 200
+    assert (
+        link.post("/events", {"spool_epoch": "e", "events": [process_event(1, "kept")]}).status_code
+        == 200
+    )
 
-    response = link.post("/events", {"spool_epoch": "e",
-                                      "events": [process_event(2, "never"), bad_event]})
+    response = link.post(
+        "/events", {"spool_epoch": "e", "events": [process_event(2, "never"), bad_event]}
+    )
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert message in detail and "not stored" in detail
@@ -113,8 +141,9 @@ def test_a_malformed_batch_is_refused_whole_and_loses_nothing(
 def test_a_batch_that_is_not_json_gets_a_clear_4xx(
     running_server: RunningServer, link: ServerLink
 ) -> None:
-    response = link._client.post("/events", content=b"{not json",
-                                 headers={"content-type": "application/json"})
+    response = link._client.post(
+        "/events", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert "invalid request" in response.json()["detail"]
 
@@ -131,17 +160,21 @@ def test_hunts_are_read_only_and_see_only_events(running_server: RunningServer) 
 
 
 def test_tasks_are_signed_for_one_agent_and_cannot_be_replayed(
-    running_server: RunningServer, enrolled: identity.Identity, link: ServerLink,
+    running_server: RunningServer,
+    enrolled: identity.Identity,
+    link: ServerLink,
     tmp_path: Path,
 ) -> None:
-    task = running_server.api.call("POST", f"/hosts/{enrolled.agent_id}/isolate",
-                                   {"reason": "test"})
+    task = running_server.api.call(
+        "POST", f"/hosts/{enrolled.agent_id}/isolate", {"reason": "test"}
+    )
     envelopes = link.poll_tasks(wait=5)
     assert [e["body"] for e in envelopes if task["id"] in e["body"]]
     envelope = envelopes[0]
 
-    checker = TaskChecker(enrolled.agent_id, enrolled.task_key_path.read_text(),
-                          tmp_path / "nonces.json")
+    checker = TaskChecker(
+        enrolled.agent_id, enrolled.task_key_path.read_text(), tmp_path / "nonces.json"
+    )
     body = checker.check(envelope["body"], envelope["signature"])
     assert body.action == "isolate" and body.agent_id == enrolled.agent_id
 
@@ -152,13 +185,15 @@ def test_tasks_are_signed_for_one_agent_and_cannot_be_replayed(
     with pytest.raises(TaskRejected, match="does not verify"):
         checker.check(forged, envelope["signature"])
 
-    other = TaskChecker("another-agent", enrolled.task_key_path.read_text(),
-                        tmp_path / "other.json")
+    other = TaskChecker(
+        "another-agent", enrolled.task_key_path.read_text(), tmp_path / "other.json"
+    )
     with pytest.raises(TaskRejected, match="meant for agent"):
         other.check(envelope["body"], envelope["signature"])
 
-    expired_body = dict(signing.verify(enrolled.task_key_path.read_text(), envelope["body"],
-                                       envelope["signature"]))
+    expired_body = dict(
+        signing.verify(enrolled.task_key_path.read_text(), envelope["body"], envelope["signature"])
+    )
     expired_body.update(expires_at=time.time() - 1, nonce="fresh")
     text, signature = signing.sign(running_server.ctx.authority.task_key, expired_body)
     with pytest.raises(TaskRejected, match="expired"):

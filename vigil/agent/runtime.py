@@ -15,7 +15,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from vigil.agent.transport import ServerLink
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
+# A sensor that cannot run here is replaced by a weaker one that can, which says it is degraded.
+FALLBACKS = {"process_audit": "process_poll"}
 POLL_SECONDS = 25.0
 MAX_BACKOFF = 30.0
 
@@ -62,6 +63,7 @@ class Agent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wake_sender = threading.Event()
+        self._task_busy = threading.Event()
 
     @property
     def action_context(self) -> ActionContext:
@@ -82,12 +84,16 @@ class Agent:
             log.warning("this host was isolated before the agent stopped: isolation re-applied")
         self._start_sensors()
         for target in (self._writer, self._sender, self._heartbeat, self._task_loop):
-            thread = threading.Thread(target=target, name=f"vigil-{target.__name__[1:]}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=target, name=f"vigil-{target.__name__[1:]}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
-        log.info("agent %s running with sensors: %s", self.identity.agent_id,
-                 ", ".join(s.name for s in self.sensors) or "none")
+        log.info(
+            "agent %s running with sensors: %s",
+            self.identity.agent_id,
+            ", ".join(s.name for s in self.sensors) or "none",
+        )
 
     def _start_sensors(self) -> None:
         context = SensorContext(
@@ -97,26 +103,37 @@ class Agent:
             emit=self.emit,
             state_dir=str(self.identity.state_dir),
         )
-        for name in self.sensor_names:
-            sensor_cls = SENSORS.get(name)
-            if sensor_cls is None:
-                self.sensor_health[name] = {"state": "failed", "message": "no such sensor"}
-                log.error("no sensor named %r; known sensors: %s", name, ", ".join(SENSORS))
+        pending = list(self.sensor_names)
+        while pending:
+            name = pending.pop(0)
+            if self._start_sensor(name, context):
                 continue
-            sensor = sensor_cls(context)
-            try:
-                sensor.check_compatible()
-                sensor.start()
-            except NotApplicable as exc:
-                self.sensor_health[name] = {"state": "not_applicable", "message": str(exc)}
-                log.info("sensor %s not started: %s", name, exc)
-                continue
-            except Exception as exc:  # one sensor failing must not stop the others
-                self.sensor_health[name] = {"state": "failed", "message": str(exc)}
-                log.error("sensor %s failed to start: %s", name, exc)
-                log.debug("sensor %s traceback", name, exc_info=True)
-                continue
-            self.sensors.append(sensor)
+            fallback = FALLBACKS.get(name)
+            if fallback and fallback not in self.sensor_names:
+                log.warning("sensor %s is off: falling back to %s", name, fallback)
+                pending.append(fallback)
+
+    def _start_sensor(self, name: str, context: SensorContext) -> bool:
+        sensor_cls = SENSORS.get(name)
+        if sensor_cls is None:
+            self.sensor_health[name] = {"state": "failed", "message": "no such sensor"}
+            log.error("no sensor named %r; known sensors: %s", name, ", ".join(SENSORS))
+            return False
+        sensor = sensor_cls(context)
+        try:
+            sensor.check_compatible()
+            sensor.start()
+        except NotApplicable as exc:
+            self.sensor_health[name] = {"state": "not_applicable", "message": str(exc)}
+            log.info("sensor %s not started: %s", name, exc)
+            return False
+        except Exception as exc:  # one sensor failing must not stop the others
+            self.sensor_health[name] = {"state": "failed", "message": str(exc)}
+            log.error("sensor %s failed to start: %s", name, exc)
+            log.debug("sensor %s traceback", name, exc_info=True)
+            return False
+        self.sensors.append(sensor)
+        return True
 
     def stop(self) -> None:
         """Stop sensors (restoring kernel state), flush and send what is left, lift firewall."""
@@ -128,6 +145,9 @@ class Agent:
         self._stop.set()
         self._wake_sender.set()
         for thread in self._threads:
+            # The task thread may sit in a long poll: wait for it only while it runs an action.
+            if thread.name == "vigil-task_loop" and not self._task_busy.is_set():
+                continue
             thread.join(timeout=POLL_SECONDS + 20)
         self._flush_queue()
         # The firewall table is removed so nothing is left behind; the isolation state file is
@@ -168,8 +188,12 @@ class Agent:
                 self._send(batch)
                 backoff = 1.0
             except httpx.HTTPError as exc:
-                log.warning("server unreachable (%s); %d events wait in the spool, retry in %.0fs",
-                            exc, self.spool.stats()["queued"], backoff)
+                log.warning(
+                    "server unreachable (%s); %d events wait in the spool, retry in %.0fs",
+                    exc,
+                    self.spool.stats()["queued"],
+                    backoff,
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -182,8 +206,9 @@ class Agent:
             self.rejected_batches += 1
             rejected = self.identity.state_dir / "rejected"
             rejected.mkdir(exist_ok=True)
-            (rejected / f"batch-{last}.json").write_text(json.dumps(
-                {"reason": response.text, "events": batch}, default=str))
+            (rejected / f"batch-{last}.json").write_text(
+                json.dumps({"reason": response.text, "events": batch}, default=str)
+            )
             log.error("server refused batch ending at %d: %s", last, response.text)
             self.spool.ack(last)
             return
@@ -200,7 +225,9 @@ class Agent:
 
     def _isolated(self) -> bool:
         try:
-            return isolate.load_state(self.action_context) is not None and isolate.isolation_active()
+            return (
+                isolate.load_state(self.action_context) is not None and isolate.isolation_active()
+            )
         except Exception:  # a missing nft binary only means we cannot tell
             return False
 
@@ -221,7 +248,11 @@ class Agent:
                 self._stop.wait(2.0)
                 continue
             for envelope in envelopes:
-                self._handle_task(envelope)
+                self._task_busy.set()
+                try:
+                    self._handle_task(envelope)
+                finally:
+                    self._task_busy.clear()
 
     def _handle_task(self, envelope: dict[str, Any]) -> None:
         try:
@@ -232,8 +263,10 @@ class Agent:
         log.info("running task %s: %s %s", body.task_id, body.action, body.params)
         status, result, message = run_action(body, self.action_context)
         try:
-            self.link.post(f"/tasks/{body.task_id}/result",
-                           {"status": status, "result": result, "message": message})
+            self.link.post(
+                f"/tasks/{body.task_id}/result",
+                {"status": status, "result": result, "message": message},
+            )
         except httpx.HTTPError as exc:
             log.warning("could not report task %s: %s", body.task_id, exc)
 

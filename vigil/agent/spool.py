@@ -61,8 +61,9 @@ class Spool:
                 )
                 dropped = int(self._meta("dropped") or 0) + over
                 self._set_meta("dropped", str(dropped))
-                log.warning("spool is full (%d events): dropped the %d oldest", self.max_events,
-                            over)
+                log.warning(
+                    "spool is full (%d events): dropped the %d oldest", self.max_events, over
+                )
             self._db.execute("COMMIT")
 
     def _count(self) -> int:

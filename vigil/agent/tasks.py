@@ -39,11 +39,15 @@ class TaskChecker:
     def check(self, body_text: str, signature: str) -> TaskBody:
         """Return the task body, or raise TaskRejected saying which check failed."""
         try:
-            body = TaskBody.model_validate(signing.verify(self.public_key_pem, body_text, signature))
+            body = TaskBody.model_validate(
+                signing.verify(self.public_key_pem, body_text, signature)
+            )
         except (SchemaError, ValueError) as exc:
             raise TaskRejected(f"refused a task: {exc}") from exc
         if body.agent_id != self.agent_id:
-            raise TaskRejected(f"refused task {body.task_id}: it is meant for agent {body.agent_id}")
+            raise TaskRejected(
+                f"refused task {body.task_id}: it is meant for agent {body.agent_id}"
+            )
         now = time.time()
         if body.expires_at < now:
             raise TaskRejected(f"refused task {body.task_id}: it expired")

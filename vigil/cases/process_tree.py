@@ -19,7 +19,9 @@ def _node(process: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def process_tree(store: TelemetryStore, tenant_id: str, event: dict[str, Any]) -> list[dict[str, Any]]:
+def process_tree(
+    store: TelemetryStore, tenant_id: str, event: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The chain from the oldest known ancestor down to the event's process.
 
     Each step follows ``process.parent.entity_id``. Where no exec of a parent was recorded (it

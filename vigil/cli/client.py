@@ -49,8 +49,13 @@ class ApiClient:
             )
         return cls(url, token, os.environ.get("VIGIL_CA") or info.get("ca"))
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         try:
             response = self._client.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:

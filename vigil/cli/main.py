@@ -26,25 +26,43 @@ def _common() -> argparse.ArgumentParser:
     # Accepted before and after the subcommand; SUPPRESS keeps a later default from
     # overwriting an earlier value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=argparse.SUPPRESS,
-                        help="server data directory (default: $VIGIL_DATA_DIR or ./vigil-data)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the API's JSON instead of a table")
+    common.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="server data directory (default: $VIGIL_DATA_DIR or ./vigil-data)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the API's JSON instead of a table",
+    )
     return common
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT to serve HTTPS on")
-    parser.add_argument("--rules", action="append", default=[], metavar="DIR",
-                        help="a Sigma rule folder to load besides the built-in rules; repeatable")
-    parser.add_argument("--server-name", action="append", default=[], metavar="NAME",
-                        help="another name agents use to reach the server; repeatable")
+    parser.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a Sigma rule folder to load besides the built-in rules; repeatable",
+    )
+    parser.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name agents use to reach the server; repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="vigil", parents=[common],
-                                     description="Vigil: detection and response for Linux hosts")
+    parser = argparse.ArgumentParser(
+        prog="vigil", parents=[common], description="Vigil: detection and response for Linux hosts"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="run the server and an agent for this host")
@@ -111,8 +129,9 @@ def _run_long(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args)
     if args.command == "agent":
-        run.run_agent(Path(args.state_dir), args.server, args.enroll_token, args.ca_fingerprint,
-                      args.sensor)
+        run.run_agent(
+            Path(args.state_dir), args.server, args.enroll_token, args.ca_fingerprint, args.sensor
+        )
         return 0
     try:
         config = run.server_config(data_dir, args.listen, args.rules, args.server_name)
@@ -134,8 +153,9 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
     if command == "hosts":
         if args.hosts_command == "list":
             return api.call("GET", "/hosts")
-        return api.call("POST", f"/hosts/{args.host_id}/{args.hosts_command}",
-                        {"reason": args.reason})
+        return api.call(
+            "POST", f"/hosts/{args.host_id}/{args.hosts_command}", {"reason": args.reason}
+        )
     if command == "alerts":
         if args.alerts_command == "list":
             return api.call("GET", "/alerts")
@@ -143,8 +163,11 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
     if command == "hunt":
         return api.call("POST", "/hunt", {"sql": args.sql})
     if command == "kill":
-        return api.call("POST", f"/hosts/{args.host_id}/kill",
-                        {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason})
+        return api.call(
+            "POST",
+            f"/hosts/{args.host_id}/kill",
+            {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason},
+        )
     if command == "tasks":
         if args.tasks_command == "list":
             return api.call("GET", "/tasks")

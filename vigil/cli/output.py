@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -17,6 +18,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def when(epoch: float | None) -> str:
+    """An epoch time as a UTC timestamp to the second."""
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def render(args: argparse.Namespace, result: Any) -> None:
     """Print a command's result for a person."""
     command = args.command
@@ -25,12 +33,29 @@ def render(args: argparse.Namespace, result: Any) -> None:
     elif command == "enroll-token":
         print(result["token"])
     elif command == "hosts" and args.hosts_command == "list":
-        print(table(["ID", "NAME", "ISOLATED", "LAST SEEN"],
-                    [[h["id"], h["name"], h["isolated"], h["last_seen"]] for h in result]))
+        print(
+            table(
+                ["ID", "NAME", "ISOLATED", "LAST SEEN"],
+                [[h["id"], h["name"], h["isolated"], when(h["last_seen"])] for h in result],
+            )
+        )
     elif command == "alerts" and args.alerts_command == "list":
-        print(table(["ID", "TIME", "LEVEL", "RULE", "ATT&CK", "HOST"],
-                    [[a["id"], a["@timestamp"], a["rule"]["level"], a["rule"]["title"],
-                      ",".join(a["attack"]), a["host"]["name"]] for a in result]))
+        print(
+            table(
+                ["ID", "TIME", "LEVEL", "RULE", "ATT&CK", "HOST"],
+                [
+                    [
+                        a["id"],
+                        a["@timestamp"],
+                        a["rule"]["level"],
+                        a["rule"]["title"],
+                        ",".join(a["attack"]),
+                        a["host"]["name"],
+                    ]
+                    for a in result
+                ],
+            )
+        )
     elif command == "alerts":
         print(f"{result['rule']['title']} ({result['rule']['level']}) on {result['host']['name']}")
         print(f"ATT&CK: {', '.join(result['attack'])}")
@@ -38,13 +63,22 @@ def render(args: argparse.Namespace, result: Any) -> None:
         for depth, node in enumerate(result["process_tree"]):
             print(f"{'  ' * depth}└ [{node['pid']}] {node['command_line'] or node['executable']}")
     elif command == "hunt":
-        print(table(result["columns"], [[row[c] for c in result["columns"]]
-                                        for row in result["rows"]]))
+        print(
+            table(
+                result["columns"], [[row[c] for c in result["columns"]] for row in result["rows"]]
+            )
+        )
         if result["truncated"]:
             print("(more rows than shown: narrow the query)")
     elif command == "tasks" and args.tasks_command == "list":
-        print(table(["ID", "ACTION", "HOST", "STATUS", "BY"],
-                    [[t["id"], t["action"], t["agent_id"], t["status"], t["requested_by"]]
-                     for t in result]))
+        print(
+            table(
+                ["ID", "ACTION", "HOST", "STATUS", "BY"],
+                [
+                    [t["id"], t["action"], t["agent_id"], t["status"], t["requested_by"]]
+                    for t in result
+                ],
+            )
+        )
     else:
         print(json.dumps(result, indent=2, default=str))

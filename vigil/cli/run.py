@@ -28,9 +28,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def server_config(
-    data_dir: Path, listen: str, rules: list[str], names: list[str]
-) -> ServerConfig:
+def server_config(data_dir: Path, listen: str, rules: list[str], names: list[str]) -> ServerConfig:
     host, port = parse_listen(listen)
     return ServerConfig(
         data_dir=data_dir,
@@ -86,7 +84,10 @@ def run_server(config: ServerConfig) -> None:
 
 
 def run_agent(
-    state_dir: Path, server_url: str | None, token: str | None, fingerprint: str | None,
+    state_dir: Path,
+    server_url: str | None,
+    token: str | None,
+    fingerprint: str | None,
     sensors: list[str] | None,
 ) -> None:
     """``vigil agent run``: enroll on first run, then watch and report until stopped."""
@@ -118,10 +119,16 @@ def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
             identity_mod.enroll(state_dir, config.url, token)
         agent = Agent(load_identity(state_dir), sensors)
         agent.start()
-        print(f"Vigil is up: server {config.url}, agent {agent.identity.agent_id} on "
-              f"{agent.identity.hostname}", flush=True)
-        print(f"Admin API token: {config.data_dir / ADMIN_TOKEN_FILE} "
-              f"(the CLI reads it with --data-dir {config.data_dir})", flush=True)
+        print(
+            f"Vigil is up: server {config.url}, agent {agent.identity.agent_id} on "
+            f"{agent.identity.hostname}",
+            flush=True,
+        )
+        print(
+            f"Admin API token: {config.data_dir / ADMIN_TOKEN_FILE} "
+            f"(the CLI reads it with --data-dir {config.data_dir})",
+            flush=True,
+        )
         print("Press Ctrl-C to stop.", flush=True)
         _wait_for_signal()
     finally:

@@ -93,6 +93,8 @@ def run_hunt(store: TelemetryStore, tenant_id: str, sql: str) -> dict[str, Any]:
     truncated = len(rows) > MAX_ROWS
     return {
         "columns": columns,
-        "rows": [{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows[:MAX_ROWS]],
+        "rows": [
+            {c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows[:MAX_ROWS]
+        ],
         "truncated": truncated,
     }

@@ -27,9 +27,7 @@ def parse_enroll_token(token: str) -> tuple[str, str | None]:
         return parts[1], parts[2]
     if len(parts) == 1 and parts[0]:
         return parts[0], None
-    raise SchemaError(
-        "malformed enrollment token; create one with 'vigil enroll-token create'"
-    )
+    raise SchemaError("malformed enrollment token; create one with 'vigil enroll-token create'")
 
 
 def normalize_fingerprint(value: str) -> str:

@@ -50,8 +50,14 @@ def enroll(request: EnrollRequest, ctx: ServerContext = Depends(auth.server)) ->
         cert_pem = ctx.authority.sign_client_csr(request.csr_pem.encode(), agent_id)
     except ValueError as exc:
         raise HTTPException(400, f"bad certificate request: {exc}") from exc
-    ctx.state.audit(tenant_id, f"agent:{agent_id}", "agent.enroll", agent_id,
-                    {"hostname": request.hostname}, "ok")
+    ctx.state.audit(
+        tenant_id,
+        f"agent:{agent_id}",
+        "agent.enroll",
+        agent_id,
+        {"hostname": request.hostname},
+        "ok",
+    )
     log.info("enrolled agent %s for host %s in tenant %s", agent_id, request.hostname, tenant_id)
     return EnrollResponse(
         agent_id=agent_id,
@@ -114,4 +120,3 @@ def task_result(
     if task is None:
         raise HTTPException(404, f"task {task_id} is not one of this agent's tasks")
     return task
-

@@ -55,8 +55,14 @@ def create_enroll_token(
 ) -> dict[str, Any]:
     """A token that enrolls agents into the caller's tenant, with the CA fingerprint in it."""
     secret = ctx.state.create_enroll_secret(analyst.tenant_id, request.ttl_seconds, request.uses)
-    ctx.state.audit(analyst.tenant_id, analyst.name, "enroll_token.create", analyst.tenant_id,
-                    request.model_dump(), "ok")
+    ctx.state.audit(
+        analyst.tenant_id,
+        analyst.name,
+        "enroll_token.create",
+        analyst.tenant_id,
+        request.model_dump(),
+        "ok",
+    )
     return {
         "token": make_enroll_token(secret, ctx.authority.ca_fingerprint),
         "ca_fingerprint": ctx.authority.ca_fingerprint,
@@ -94,7 +100,8 @@ def _tenant_host(ctx: ServerContext, analyst: Analyst, host_id: str) -> dict[str
 
 @router.get("/hosts/{host_id}")
 def host(
-    host_id: str, analyst: Analyst = Depends(auth.analyst),
+    host_id: str,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     return _host(_tenant_host(ctx, analyst, host_id))
@@ -102,7 +109,9 @@ def host(
 
 @router.post("/hosts/{host_id}/isolate")
 def isolate(
-    host_id: str, request: ResponseRequest, analyst: Analyst = Depends(auth.analyst),
+    host_id: str,
+    request: ResponseRequest,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Cut the host off the network except for its line to this server."""
@@ -112,7 +121,9 @@ def isolate(
 
 @router.post("/hosts/{host_id}/release")
 def release(
-    host_id: str, request: ResponseRequest, analyst: Analyst = Depends(auth.analyst),
+    host_id: str,
+    request: ResponseRequest,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     _tenant_host(ctx, analyst, host_id)
@@ -121,7 +132,9 @@ def release(
 
 @router.post("/hosts/{host_id}/kill")
 def kill(
-    host_id: str, request: KillRequest, analyst: Analyst = Depends(auth.analyst),
+    host_id: str,
+    request: KillRequest,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Kill one process instance (or its tree) by entity id; the agent checks it is the same."""
@@ -142,7 +155,8 @@ def tasks(
 
 @router.get("/tasks/{task_id}")
 def task(
-    task_id: str, analyst: Analyst = Depends(auth.analyst),
+    task_id: str,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     found = ctx.state.task(analyst.tenant_id, task_id)
@@ -153,7 +167,8 @@ def task(
 
 @router.get("/alerts")
 def alerts(
-    limit: int = 500, analyst: Analyst = Depends(auth.analyst),
+    limit: int = 500,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> list[dict[str, Any]]:
     return ctx.state.alerts(analyst.tenant_id, min(max(limit, 1), 10_000))
@@ -161,7 +176,8 @@ def alerts(
 
 @router.get("/alerts/{alert_id}")
 def alert(
-    alert_id: str, analyst: Analyst = Depends(auth.analyst),
+    alert_id: str,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """The alert with the process tree that led to it."""
@@ -174,7 +190,8 @@ def alert(
 
 @router.post("/hunt")
 def hunt(
-    request: HuntRequest, analyst: Analyst = Depends(auth.analyst),
+    request: HuntRequest,
+    analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Read-only SQL over the tenant's telemetry (the ``events`` view)."""
@@ -182,8 +199,14 @@ def hunt(
         result = run_hunt(ctx.telemetry, analyst.tenant_id, request.sql)
     except HuntError as exc:
         raise HTTPException(400, str(exc)) from exc
-    ctx.state.audit(analyst.tenant_id, analyst.name, "hunt.sql", "events",
-                    {"sql": request.sql}, f"{len(result['rows'])} rows")
+    ctx.state.audit(
+        analyst.tenant_id,
+        analyst.name,
+        "hunt.sql",
+        "events",
+        {"sql": request.sql},
+        f"{len(result['rows'])} rows",
+    )
     return result
 
 

@@ -33,7 +33,10 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
             alert = build_alert(rule, flat, agent["hostname"])
             ctx.state.add_alert(agent["tenant_id"], alert)
             log.info(
-                "alert %s: %s on %s (%s)", alert["id"], rule.title, agent["hostname"],
+                "alert %s: %s on %s (%s)",
+                alert["id"],
+                rule.title,
+                agent["hostname"],
                 ",".join(rule.attack_techniques),
             )
     return BatchAck(

@@ -82,7 +82,9 @@ class Authority:
     def task_public_key_pem(self) -> str:
         return (
             self.task_key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             .decode()
         )
 
@@ -98,9 +100,7 @@ class Authority:
         cert = (
             self._builder(_name(hosts[0]), key.public_key(), LEAF_VALID_DAYS)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.ca_key, hashes.SHA256())
         )
@@ -115,15 +115,15 @@ class Authority:
             raise ValueError("the certificate request's signature does not verify")
         cert = (
             self._builder(_name(agent_id), csr.public_key(), LEAF_VALID_DAYS)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.ca_key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    def _builder(self, subject: x509.Name, public_key: object, days: int) -> x509.CertificateBuilder:
+    def _builder(
+        self, subject: x509.Name, public_key: object, days: int
+    ) -> x509.CertificateBuilder:
         now = dt.datetime.now(dt.UTC)
         return (
             x509.CertificateBuilder()
@@ -156,9 +156,15 @@ def load_or_create(folder: Path) -> Authority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )

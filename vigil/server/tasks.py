@@ -30,8 +30,12 @@ def queue_task(
     now = time.time()
     task_id = str(uuid.uuid4())
     ctx.state.audit(
-        analyst.tenant_id, analyst.name, f"task.{action}", agent_id,
-        {"task_id": task_id, "params": params, "reason": reason}, "queued",
+        analyst.tenant_id,
+        analyst.name,
+        f"task.{action}",
+        agent_id,
+        {"task_id": task_id, "params": params, "reason": reason},
+        "queued",
     )
     body = {
         "task_id": task_id,
@@ -46,9 +50,17 @@ def queue_task(
     text, signature = signing.sign(ctx.authority.task_key, body)
     ctx.state.add_task(
         {
-            "id": task_id, "tenant_id": analyst.tenant_id, "agent_id": agent_id,
-            "action": action, "params": params, "requested_by": analyst.name, "reason": reason,
-            "created": now, "expires": now + ttl, "body": text, "signature": signature,
+            "id": task_id,
+            "tenant_id": analyst.tenant_id,
+            "agent_id": agent_id,
+            "action": action,
+            "params": params,
+            "requested_by": analyst.name,
+            "reason": reason,
+            "created": now,
+            "expires": now + ttl,
+            "body": text,
+            "signature": signature,
         }
     )
     ctx.doorbells.ring(agent_id)
@@ -59,8 +71,12 @@ def queue_task(
 
 
 def record_result(
-    ctx: ServerContext, agent: dict[str, Any], task_id: str, status: str,
-    result: dict[str, Any], message: str,
+    ctx: ServerContext,
+    agent: dict[str, Any],
+    task_id: str,
+    status: str,
+    result: dict[str, Any],
+    message: str,
 ) -> dict[str, Any] | None:
     """Store what the agent reported for one of its tasks, and its effect on the host's state."""
     task = ctx.state.task_for_agent(agent["id"], task_id)
@@ -70,9 +86,14 @@ def record_result(
     if status == "done" and task["action"] in ("isolate", "release"):
         ctx.state.set_isolated(agent["id"], task["action"] == "isolate")
     ctx.state.audit(
-        agent["tenant_id"], f"agent:{agent['id']}", f"task.{task['action']}.result", agent["id"],
-        {"task_id": task_id, "result": result, "message": message}, status,
+        agent["tenant_id"],
+        f"agent:{agent['id']}",
+        f"task.{task['action']}.result",
+        agent["id"],
+        {"task_id": task_id, "result": result, "message": message},
+        status,
     )
-    log.info("task %s (%s) on %s: %s %s", task_id, task["action"], agent["hostname"], status,
-             message)
+    log.info(
+        "task %s (%s) on %s: %s %s", task_id, task["action"], agent["hostname"], status, message
+    )
     return ctx.state.task_for_agent(agent["id"], task_id)

@@ -161,9 +161,16 @@ class StateStore:
             "INSERT INTO alerts (id, tenant_id, created, timestamp, rule, attack, host_id,"
             " host_name, entity_id, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                alert["id"], tenant_id, time.time(), alert["@timestamp"],
-                json.dumps(alert["rule"]), json.dumps(alert["attack"]), alert["host"]["id"],
-                alert["host"]["name"], alert.get("entity_id"), json.dumps(alert["event"]),
+                alert["id"],
+                tenant_id,
+                time.time(),
+                alert["@timestamp"],
+                json.dumps(alert["rule"]),
+                json.dumps(alert["attack"]),
+                alert["host"]["id"],
+                alert["host"]["name"],
+                alert.get("entity_id"),
+                json.dumps(alert["event"]),
             ),
         )
 
@@ -188,9 +195,17 @@ class StateStore:
             " reason, created, updated, expires, body, signature) VALUES"
             " (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
             (
-                task["id"], task["tenant_id"], task["agent_id"], task["action"],
-                json.dumps(task["params"]), task["requested_by"], task["reason"],
-                task["created"], task["created"], task["expires"], task["body"],
+                task["id"],
+                task["tenant_id"],
+                task["agent_id"],
+                task["action"],
+                json.dumps(task["params"]),
+                task["requested_by"],
+                task["reason"],
+                task["created"],
+                task["created"],
+                task["expires"],
+                task["body"],
                 task["signature"],
             ),
         )
@@ -214,8 +229,13 @@ class StateStore:
         self._exec(
             "UPDATE tasks SET status = ?, updated = ?, result = COALESCE(?, result),"
             " message = ? WHERE id = ?",
-            (status, time.time(), json.dumps(result) if result is not None else None, message,
-             task_id),
+            (
+                status,
+                time.time(),
+                json.dumps(result) if result is not None else None,
+                message,
+                task_id,
+            ),
         )
 
     def task(self, tenant_id: str, task_id: str) -> dict[str, Any] | None:
@@ -236,7 +256,12 @@ class StateStore:
     # Audit trail.
 
     def audit(
-        self, tenant_id: str, actor: str, action: str, target: str, params: dict[str, Any],
+        self,
+        tenant_id: str,
+        actor: str,
+        action: str,
+        target: str,
+        params: dict[str, Any],
         outcome: str,
     ) -> None:
         self._exec(
@@ -268,8 +293,21 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task(row: dict[str, Any]) -> dict[str, Any]:
-    task = {k: row[k] for k in ("id", "agent_id", "action", "status", "requested_by", "reason",
-                                "created", "updated", "expires", "message")}
+    task = {
+        k: row[k]
+        for k in (
+            "id",
+            "agent_id",
+            "action",
+            "status",
+            "requested_by",
+            "reason",
+            "created",
+            "updated",
+            "expires",
+            "message",
+        )
+    }
     task["params"] = json.loads(row["params"])
     task["result"] = json.loads(row["result"]) if row["result"] else None
     return task

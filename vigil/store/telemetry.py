@@ -117,7 +117,7 @@ class TelemetryStore:
         with self.tenant_cursor(tenant_id) as cur:
             rows = cur.execute(
                 'SELECT doc FROM events WHERE "process.entity_id" = ? '
-                "AND list_contains(\"event.type\", 'start') ORDER BY \"@timestamp\"",
+                'AND list_contains("event.type", \'start\') ORDER BY "@timestamp"',
                 (entity_id,),
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
