@@ -121,12 +121,16 @@ def ack_error(payload: bytes) -> int:
 class AuditSocket:
     """A ``NETLINK_AUDIT`` socket with request/acknowledge helpers.
 
+    Not thread-safe: a request reads replies off the socket, so two threads sharing one socket
+    can take each other's answers. Callers that share one must serialise requests.
+
     Args:
         rcvbuf: Receive buffer size in bytes; set with ``SO_RCVBUFFORCE`` (root) and, failing
             that, ``SO_RCVBUF``. ``None`` keeps the system default.
+        timeout: Seconds to wait for the kernel's answer to a request.
     """
 
-    def __init__(self, rcvbuf: int | None = None) -> None:
+    def __init__(self, rcvbuf: int | None = None, timeout: float = 5.0) -> None:
         try:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
         except OSError as exc:
@@ -136,6 +140,7 @@ class AuditSocket:
                 exc.errno or 0,
             ) from exc
         self.sock.bind((0, 0))
+        self.sock.settimeout(timeout)
         if rcvbuf:
             self._set_rcvbuf(rcvbuf)
         self._seq = itertools.count(1)
@@ -168,8 +173,21 @@ class AuditSocket:
         return seq
 
     def receive(self) -> list[NetlinkMessage]:
-        """Read one datagram (blocking, subject to the socket timeout) and split it."""
+        """Read one datagram (blocking up to the socket timeout) and split it.
+
+        Raises:
+            TimeoutError: Nothing arrived within the socket timeout.
+        """
         return list(parse_messages(self.sock.recv(_RECV_SIZE)))
+
+    def _reply(self, what: str) -> list[NetlinkMessage]:
+        try:
+            return self.receive()
+        except TimeoutError:
+            raise AuditNetlinkError(
+                f"kernel audit did not answer a request to {what} within "
+                f"{self.sock.gettimeout()} s; is another thread reading this socket?"
+            ) from None
 
     def request(self, mtype: int, payload: bytes, what: str) -> list[NetlinkMessage]:
         """Send a request and collect its replies up to the acknowledgement or ``NLMSG_DONE``.
@@ -183,7 +201,7 @@ class AuditSocket:
         seq = self.send(mtype, payload)
         replies: list[NetlinkMessage] = []
         while True:
-            for message in self.receive():
+            for message in self._reply(what):
                 if message.seq != seq:
                     log.debug("ignoring netlink message type %d seq %d", message.type, message.seq)
                     continue
@@ -204,7 +222,7 @@ class AuditSocket:
         # Without NLM_F_ACK the status reply is the only answer; an error still comes back.
         seq = self.send(AUDIT_GET, b"", NLM_F_REQUEST)
         while True:
-            for message in self.receive():
+            for message in self._reply("report its status"):
                 if message.seq != seq:
                     continue
                 if message.type == AUDIT_GET:
@@ -251,7 +269,7 @@ class AuditSocket:
         seq = self.send(AUDIT_LIST_RULES, b"", NLM_F_REQUEST | NLM_F_ACK)
         rules: list[bytes] = []
         while True:
-            for message in self.receive():
+            for message in self._reply("list rules"):
                 if message.seq != seq:
                     continue
                 if message.type == AUDIT_LIST_RULES:

@@ -131,6 +131,8 @@ class ProcessAuditSensor(Sensor):
         self._exec_syscalls: dict[int, frozenset[int]] = {}
         self._exit_syscalls: dict[int, int] = {}
         self._lost_base = 0
+        # The receive thread polls status on the control socket while stop() restores with it.
+        self._control_lock = threading.Lock()
 
     def check_compatible(self) -> None:
         """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
@@ -288,9 +290,11 @@ class ProcessAuditSensor(Sensor):
         """
         changes, control = self._changes, self._control
         problems: list[str] = []
-        if control is None or changes.previous is None:
-            return problems
         previous = changes.previous
+        if control is None or previous is None:
+            if not generation_only:
+                self._close_sockets()
+            return problems
         steps: list[tuple[str, Callable[[], None]]] = []
         if changes.enabled_changed:
             steps.append(
@@ -323,7 +327,8 @@ class ProcessAuditSensor(Sensor):
                 )
         for what, step in steps:
             try:
-                step()
+                with self._control_lock:
+                    step()
             except (OSError, AgentError) as exc:
                 log.warning("could not restore audit %s: %s", what, exc)
                 problems.append(f"{what}: {exc}")
@@ -331,11 +336,14 @@ class ProcessAuditSensor(Sensor):
         changes.rules = []
         if not generation_only:
             changes.pid_registered = changes.backlog_changed = False
-            for sock in (self._events, self._control):
-                if sock is not None:
-                    sock.close()
-            self._events = self._control = None
+            self._close_sockets()
         return problems
+
+    def _close_sockets(self) -> None:
+        for sock in (self._events, self._control):
+            if sock is not None:
+                sock.close()
+        self._events = self._control = None
 
     # --- receive thread -------------------------------------------------------------------
 
@@ -403,9 +411,15 @@ class ProcessAuditSensor(Sensor):
             self.count("dropped")
 
     def _poll_status(self) -> None:
-        if self._control is None:
-            return
-        status = self._control.get_status()
+        with self._control_lock:
+            if self._control is None:
+                return
+            try:
+                status = self._control.get_status()
+            except AgentError as exc:
+                self.count("status_errors")
+                log.debug("audit status poll failed: %s", exc)
+                return
         with self._lock:
             self.counters["lost"] = status.lost - self._lost_base
             self.counters["backlog"] = status.backlog
