@@ -42,16 +42,24 @@ class TelemetryStore:
         columns = ", ".join(f"{quote(name)} {kind}" for name, kind in EVENT_COLUMNS)
         self._db.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (tenant_id VARCHAR NOT NULL, "
-            f'{columns}, "event.sequence" BIGINT, "event.ingested" TIMESTAMPTZ, doc JSON)'
+            f'{columns}, "event.sequence" BIGINT, '
+            '"event.ingested" TIMESTAMPTZ DEFAULT current_timestamp, doc JSON)'
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS spool_positions (agent_id VARCHAR, epoch VARCHAR, "
             "sequence BIGINT, PRIMARY KEY (agent_id, epoch))"
         )
+        # One statement per batch: each column goes in as a list and is unnested, which DuckDB
+        # runs as one vectorised insert (row-by-row executemany is two orders slower).
+        typed = [
+            ("tenant_id", "VARCHAR"),
+            *EVENT_COLUMNS,
+            ("event.sequence", "BIGINT"),
+            ("doc", "JSON"),
+        ]
         self._insert_sql = (
-            f"INSERT INTO {TABLE} VALUES (?, "
-            + ", ".join("?" for _ in EVENT_COLUMNS)
-            + ", ?, now(), ?)"
+            f"INSERT INTO {TABLE} ({', '.join(quote(n) for n, _ in typed)}) SELECT "
+            + ", ".join(f"unnest(?::{kind}[])" for _, kind in typed)
         )
 
     def close(self) -> None:
@@ -76,15 +84,7 @@ class TelemetryStore:
                 committed = int(row[0]) if row else 0
                 fresh = [e for e in events if e["event.sequence"] > committed]
                 if fresh:
-                    cur.executemany(
-                        self._insert_sql,
-                        [
-                            [tenant_id]
-                            + [e.get(name) for name, _ in EVENT_COLUMNS]
-                            + [e["event.sequence"], json.dumps(unflatten(e), default=str)]
-                            for e in fresh
-                        ],
-                    )
+                    cur.execute(self._insert_sql, self._columns(tenant_id, fresh))
                     committed = fresh[-1]["event.sequence"]
                     cur.execute(
                         "INSERT OR REPLACE INTO spool_positions VALUES (?, ?, ?)",
@@ -97,6 +97,14 @@ class TelemetryStore:
             finally:
                 cur.close()
         return fresh, committed
+
+    @staticmethod
+    def _columns(tenant_id: str, events: Sequence[dict[str, Any]]) -> list[list[Any]]:
+        columns: list[list[Any]] = [[tenant_id] * len(events)]
+        columns += [[e.get(name) for e in events] for name, _ in EVENT_COLUMNS]
+        columns.append([e["event.sequence"] for e in events])
+        columns.append([json.dumps(unflatten(e), default=str) for e in events])
+        return columns
 
     @contextmanager
     def tenant_cursor(self, tenant_id: str) -> Iterator[duckdb.DuckDBPyConnection]:
