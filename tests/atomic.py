@@ -41,7 +41,7 @@ def load(technique: str, guid: str, **overrides: str) -> Procedure:
         }
         arguments.update(overrides)
         command = re.sub(
-            r"#\{(\w+)\}", lambda m: arguments[m.group(1)], test["executor"]["command"]
+            r"#\{(\w+)\}", lambda m, args=arguments: args[m.group(1)], test["executor"]["command"]
         )
         command = re.sub(r"(^|[;&|]\s*)sudo\s+", r"\1", command, flags=re.MULTILINE)
         return Procedure(technique, guid, test["name"], test["executor"]["name"], command)
