@@ -215,3 +215,33 @@ def test_hunt_finds_the_exact_command_line(vigil_up: Path, tmp_path: Path) -> No
             break
         time.sleep(0.5)
     assert rows and rows[0]["process.args"] == ["/bin/echo", marker, "two  spaces", "quote's"]
+
+
+def test_kill_by_entity_id_from_the_cli(vigil_up: Path) -> None:
+    victim = subprocess.Popen(["/bin/sleep", "300.5"])
+    try:
+        sql = (
+            'SELECT "host.id" AS host, "process.entity_id" AS entity FROM events '
+            f'WHERE "process.pid" = {victim.pid} AND "process.args"[2] = \'300.5\''
+        )
+        deadline = time.monotonic() + WAIT_SECONDS
+        rows: list[dict[str, Any]] = []
+        while not rows and time.monotonic() < deadline:
+            rows = vigil_json(vigil_up, "hunt", "--sql", sql)["rows"]
+            time.sleep(0.2)
+        assert rows, "the sleep never showed up in telemetry"
+
+        task = vigil_json(
+            vigil_up, "kill", rows[0]["host"], rows[0]["entity"], "--reason", "e2e test"
+        )
+        while time.monotonic() < deadline:
+            task = vigil_json(vigil_up, "tasks", "show", task["id"])
+            if task["status"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert task["status"] == "done", task
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()

@@ -201,3 +201,16 @@ def test_tasks_are_signed_for_one_agent_and_cannot_be_replayed(
 
     audit = running_server.api.call("GET", "/audit")
     assert any(a["action"] == "task.isolate" and a["params"]["reason"] == "test" for a in audit)
+
+
+def test_the_api_is_described_by_openapi(running_server: RunningServer) -> None:
+    ca = ssl.create_default_context(cafile=str(running_server.ctx.authority.ca_path))
+    spec = httpx.get(f"{running_server.url}/openapi.json", verify=ca).json()
+    for path in (
+        "/api/v1/alerts",
+        "/api/v1/alerts/{alert_id}",
+        "/api/v1/hunt",
+        "/api/v1/hosts/{host_id}/isolate",
+        "/api/v1/agent/events",
+    ):
+        assert path in spec["paths"], path
