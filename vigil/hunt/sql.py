@@ -46,7 +46,8 @@ def check_query(db: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise HuntError(
             f"hunts are read-only: only SELECT is allowed, not {statements[0].type.name}"
         )
-    tree = json.loads(db.execute("SELECT json_serialize_sql(?)", (sql,)).fetchone()[0])
+    row = db.execute("SELECT json_serialize_sql(?)", (sql,)).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True, "error_message": "no parse tree"}
     if tree.get("error"):
         raise HuntError(f"the query does not parse: {tree.get('error_message')}")
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vigil.agent.errors import AgentError, NotApplicable
+import psutil
+
+from vigil.agent.errors import AgentError
 from vigil.agent.processes import (
     ExecutableHasher,
     ProcessInstance,
@@ -34,11 +36,6 @@ from vigil.agent.processes import (
 )
 from vigil.agent.sensors.base import Sensor, SensorContext
 from vigil.schema.ecs import iso
-
-try:
-    import psutil
-except ImportError:  # pragma: no cover - psutil is a declared dependency
-    psutil = None
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +83,7 @@ class ProcessPollSensor(Sensor):
         self._interval = DEFAULT_INTERVAL
 
     def check_compatible(self) -> None:
-        """Raise NotApplicable when psutil is missing."""
-        if psutil is None:
-            raise NotApplicable("process_poll needs psutil: pip install psutil")
+        """Polling runs wherever psutil does, which is everywhere Vigil installs."""
 
     def start(self) -> None:
         """Take the first snapshot (no events for processes already running) and start polling.
