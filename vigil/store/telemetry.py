@@ -45,6 +45,7 @@ class TelemetryStore:
             f'{columns}, "event.sequence" BIGINT, '
             '"event.ingested" TIMESTAMPTZ DEFAULT current_timestamp, doc JSON)'
         )
+        self._add_missing_columns()
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS spool_positions (agent_id VARCHAR, epoch VARCHAR, "
             "sequence BIGINT, PRIMARY KEY (agent_id, epoch))"
@@ -61,6 +62,20 @@ class TelemetryStore:
             f"INSERT INTO {TABLE} ({', '.join(quote(n) for n, _ in typed)}) SELECT "
             + ", ".join(f"unnest(?::{kind}[])" for _, kind in typed)
         )
+
+    def _add_missing_columns(self) -> None:
+        """Columns the event model gained since this database was made are added, empty."""
+        existing = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                (TABLE,),
+            ).fetchall()
+        }
+        for name, kind in EVENT_COLUMNS:
+            if name not in existing:
+                log.info("telemetry: adding column %s", name)
+                self._db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {quote(name)} {kind}")
 
     def close(self) -> None:
         with self._lock:
