@@ -150,6 +150,7 @@ class Agent:
                 continue
             thread.join(timeout=POLL_SECONDS + 20)
         self._flush_queue()
+        self._say_goodbye()
         # The firewall table is removed so nothing is left behind; the isolation state file is
         # kept, so the next start isolates the host again.
         isolate.lift_rules_keep_state(self.action_context)
@@ -230,6 +231,15 @@ class Agent:
             )
         except Exception:  # a missing nft binary only means we cannot tell
             return False
+
+    def _say_goodbye(self) -> None:
+        """A last heartbeat saying the agent stops on purpose, so silence is not a surprise."""
+        beat = self.health()
+        beat["stopping"] = True
+        try:
+            self.link.post("/heartbeat", beat)
+        except httpx.HTTPError as exc:
+            log.debug("last heartbeat not delivered: %s", exc)
 
     def _heartbeat(self) -> None:
         while not self._stop.is_set():

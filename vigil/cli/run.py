@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from vigil.agent import identity as identity_mod
-from vigil.agent.runtime import Agent, load_identity
+from vigil.agent.runtime import Agent
 from vigil.detect import builtin_rules_dir
 from vigil.schema.tokens import make_enroll_token
 from vigil.server.app import ADMIN_TOKEN_FILE, build_server
@@ -18,6 +20,8 @@ from vigil.store.state import DEFAULT_TENANT
 log = logging.getLogger(__name__)
 
 STARTUP_SECONDS = 30.0
+AGENT_STOP_SECONDS = 60
+AGENT_RESTART_SECONDS = 5.0
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -39,7 +43,8 @@ def server_config(data_dir: Path, listen: str, rules: list[str], names: list[str
     )
 
 
-def _wait_for_signal() -> None:
+def _signal_event() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
@@ -48,6 +53,11 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _wait_for_signal() -> None:
+    stop = _signal_event()
     while not stop.wait(1.0):
         pass
 
@@ -107,21 +117,51 @@ def run_agent(
         agent.stop()
 
 
+def _spawn_agent(state_dir: Path, sensors: list[str] | None) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "vigil.cli.main",
+        "agent",
+        "run",
+        "--state-dir",
+        str(state_dir),
+    ]
+    for name in sensors or []:
+        command += ["--sensor", name]
+    return subprocess.Popen(command)
+
+
+def _stop_agent(agent: subprocess.Popen[bytes]) -> None:
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+    try:
+        agent.wait(timeout=AGENT_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.error("the agent did not stop within %ds: killing it", AGENT_STOP_SECONDS)
+        agent.kill()
+        agent.wait()
+
+
 def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
-    """``vigil up``: the server and an agent for this host, in one process."""
+    """``vigil up``: the server, and an agent for this host in a child process it supervises.
+
+    The agent runs apart so that its CPU and memory budget is its own and a crash of one does
+    not take the other down; an agent that dies is started again.
+    """
     ctx, server, thread = _start_server(config)
-    agent: Agent | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    stop = _signal_event()
     try:
         state_dir = config.data_dir / "agent"
-        if identity_mod.load(state_dir) is None:
+        ident = identity_mod.load(state_dir)
+        if ident is None:
             secret = ctx.state.create_enroll_secret(DEFAULT_TENANT, ttl=600, uses=1)
             token = make_enroll_token(secret, ctx.authority.ca_fingerprint)
-            identity_mod.enroll(state_dir, config.url, token)
-        agent = Agent(load_identity(state_dir), sensors)
-        agent.start()
+            ident = identity_mod.enroll(state_dir, config.url, token)
+        agent = _spawn_agent(state_dir, sensors)
         print(
-            f"Vigil is up: server {config.url}, agent {agent.identity.agent_id} on "
-            f"{agent.identity.hostname}",
+            f"Vigil is up: server {config.url}, agent {ident.agent_id} on {ident.hostname}",
             flush=True,
         )
         print(
@@ -130,9 +170,14 @@ def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
             flush=True,
         )
         print("Press Ctrl-C to stop.", flush=True)
-        _wait_for_signal()
+        while not stop.wait(1.0):
+            if agent.poll() is not None:
+                log.error("the agent exited with status %s: starting it again", agent.returncode)
+                stop.wait(AGENT_RESTART_SECONDS)
+                if not stop.is_set():
+                    agent = _spawn_agent(state_dir, sensors)
     finally:
         if agent is not None:
-            agent.stop()
+            _stop_agent(agent)
         _stop_server(ctx, server, thread)
         print("Vigil stopped.", flush=True)

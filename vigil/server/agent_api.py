@@ -23,6 +23,7 @@ from vigil.server import auth
 from vigil.server.context import ServerContext
 from vigil.server.ingest import ingest_batch
 from vigil.server.tasks import record_result
+from vigil.server.visibility import on_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def heartbeat(
     agent: dict[str, Any] = Depends(auth.agent),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, str]:
-    ctx.state.record_heartbeat(agent["id"], beat.model_dump(), beat.isolated)
+    on_heartbeat(ctx, agent, beat.model_dump())
     return {"status": "ok"}
 
 

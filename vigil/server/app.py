@@ -20,6 +20,7 @@ import vigil
 from vigil.server import agent_api, analyst_api
 from vigil.server.context import ServerConfig, ServerContext
 from vigil.server.tls import ClientCertH11Protocol
+from vigil.server.visibility import watch_agents
 from vigil.store.state import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.doorbells.loop = asyncio.get_running_loop()
+        watcher = asyncio.create_task(watch_agents(ctx))
         yield
+        watcher.cancel()
 
     app = FastAPI(title="Vigil", version=vigil.__version__, lifespan=lifespan)
     app.state.ctx = ctx

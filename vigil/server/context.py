@@ -25,6 +25,8 @@ class ServerConfig:
     port: int = 8443
     rule_paths: list[Path] = field(default_factory=list)
     server_names: list[str] = field(default_factory=list)
+    # Seconds without a heartbeat before an agent counts as silent (agents beat every 10 s).
+    heartbeat_timeout: float = 60.0
 
     @property
     def url(self) -> str:

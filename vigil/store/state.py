@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS enroll_tokens (
     uses_left INTEGER);
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, host_id TEXT, hostname TEXT, os TEXT,
-    version TEXT, enrolled REAL, last_seen REAL, health TEXT, isolated INTEGER DEFAULT 0);
+    version TEXT, enrolled REAL, last_seen REAL, health TEXT, isolated INTEGER DEFAULT 0,
+    silent INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created REAL, timestamp TEXT,
     rule TEXT, attack TEXT, host_id TEXT, host_name TEXT, entity_id TEXT, event TEXT,
@@ -64,11 +65,18 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
         self._lock = threading.Lock()
         self._ensure_tenant(DEFAULT_TENANT, "Default")
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was made, so older data directories keep working."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
+        if "silent" not in columns:
+            self._db.execute("ALTER TABLE agents ADD COLUMN silent INTEGER DEFAULT 0")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -144,9 +152,23 @@ class StateStore:
 
     def record_heartbeat(self, agent_id: str, health: dict[str, Any], isolated: bool) -> None:
         self._exec(
-            "UPDATE agents SET last_seen = ?, health = ?, isolated = ? WHERE id = ?",
+            "UPDATE agents SET last_seen = ?, health = ?, isolated = ?, silent = 0 WHERE id = ?",
             (time.time(), json.dumps(health), int(isolated), agent_id),
         )
+
+    def newly_silent_agents(self, seen_before: float) -> list[dict[str, Any]]:
+        """Agents last heard of before ``seen_before`` and not yet flagged; flags them."""
+        with self._lock:
+            rows = [
+                dict(r)
+                for r in self._db.execute(
+                    "SELECT * FROM agents WHERE silent = 0 AND last_seen < ?", (seen_before,)
+                ).fetchall()
+            ]
+            self._db.executemany(
+                "UPDATE agents SET silent = 1 WHERE id = ?", [(r["id"],) for r in rows]
+            )
+        return rows
 
     def touch_agent(self, agent_id: str) -> None:
         self._exec("UPDATE agents SET last_seen = ? WHERE id = ?", (time.time(), agent_id))
