@@ -2,7 +2,8 @@
 
 pySigma parses the YAML, the detection items (with their modifiers applied) and the condition
 string; this module walks those parsed objects and builds plain Python closures. Each named
-detection is compiled once, however often the condition refers to it.
+detection is compiled once, however often the condition refers to it. Beside each test, the walk
+derives the literals the test needs (:mod:`vigil.detect.needs`), which the prefilter indexes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sigma.conditions import (
     ConditionAND,
@@ -25,7 +26,14 @@ from sigma.types import SigmaExists, SigmaFieldReference, SigmaNull, SigmaType
 
 from vigil.detect.errors import UnsupportedConstruct
 from vigil.detect.fieldmap import MISSING, FieldMap
-from vigil.detect.values import ValuePredicate, apply_aliases, as_text, compile_values
+from vigil.detect.needs import NO_NEEDS, FieldKey, Needs, needs_all, needs_any
+from vigil.detect.values import (
+    ValuePredicate,
+    apply_aliases,
+    as_text,
+    compile_values,
+    value_needs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,18 @@ Getter = Callable[[Mapping[str, Any]], Any]
 
 # Base64 text is case-significant: matching it case-insensitively would only add false hits.
 _CASED_MODIFIERS = (SigmaBase64Modifier, SigmaBase64OffsetModifier)
+
+
+class Compiled(NamedTuple):
+    """A compiled detection, condition or item.
+
+    Attributes:
+        test: The event test.
+        needs: Literals every event that passes the test has (see :mod:`vigil.detect.needs`).
+    """
+
+    test: EventPredicate
+    needs: Needs
 
 
 def all_of(tests: Sequence[EventPredicate]) -> EventPredicate:
@@ -60,6 +80,14 @@ def any_of(tests: Sequence[EventPredicate]) -> EventPredicate:
 
 def _negate(test: EventPredicate) -> EventPredicate:
     return lambda event: not test(event)
+
+
+def _all(parts: Sequence[Compiled]) -> Compiled:
+    return Compiled(all_of([p.test for p in parts]), needs_all([p.needs for p in parts]))
+
+
+def _any(parts: Sequence[Compiled]) -> Compiled:
+    return Compiled(any_of([p.test for p in parts]), needs_any([p.needs for p in parts]))
 
 
 def text_values(event: Mapping[str, Any]) -> Iterator[str]:
@@ -142,37 +170,46 @@ class DetectionCompiler:
             self._getters[sigma_field] = accessor.getter()
         return self._getters[sigma_field]
 
-    def detection(self, detection: SigmaDetection) -> EventPredicate:
+    def detection(self, detection: SigmaDetection) -> Compiled:
         """Compile one named detection (a map is AND, a list of maps is OR)."""
-        tests = [
+        parts = [
             self.detection(item) if isinstance(item, SigmaDetection) else self.item(item)
             for item in detection.detection_items
         ]
-        return all_of(tests) if detection.item_linking is ConditionAND else any_of(tests)
+        return _all(parts) if detection.item_linking is ConditionAND else _any(parts)
 
-    def item(self, item: SigmaDetectionItem) -> EventPredicate:
+    def item(self, item: SigmaDetectionItem) -> Compiled:
         """Compile one ``field|modifiers: values`` entry, or a keyword list when field is None."""
         cased = any(m in _CASED_MODIFIERS for m in item.modifiers)
         if item.field is None:
-            test = self._keywords(item.value, item.value_linking is ConditionAND, cased)
+            compiled = self._keywords(item.value, item.value_linking is ConditionAND, cased)
         else:
-            test = self._field(item, cased)
-        return _negate(test) if item.negated else test
+            compiled = self._field(item, cased)
+        if item.negated:
+            return Compiled(_negate(compiled.test), NO_NEEDS)
+        return compiled
 
-    def _keywords(self, values: list[SigmaType], linked_and: bool, cased: bool) -> EventPredicate:
+    def _keywords(self, values: list[SigmaType], linked_and: bool, cased: bool) -> Compiled:
         def search(test: ValuePredicate) -> EventPredicate:
             return lambda event: any(test(text) for text in text_values(event))
 
-        if linked_and:
-            return all_of([search(compile_values([v], cased=cased, keyword=True)) for v in values])
-        return search(compile_values(values, cased=cased, keyword=True))
+        def compiled(group: list[SigmaType]) -> Compiled:
+            return Compiled(
+                search(compile_values(group, cased=cased, keyword=True)),
+                value_needs(group, None, cased=cased, keyword=True),
+            )
 
-    def _field(self, item: SigmaDetectionItem, cased: bool) -> EventPredicate:
+        if linked_and:
+            return _all([compiled([v]) for v in values])
+        return compiled(values)
+
+    def _field(self, item: SigmaDetectionItem, cased: bool) -> Compiled:
         assert item.field is not None
         accessor = self._fieldmap.accessor(item.field, self._logsource)
+        key = FieldKey.of(accessor)
         get = self._getter(item.field)
         if not item.value:
-            return _is_null(get)
+            return Compiled(_is_null(get), NO_NEEDS)
         values = apply_aliases(item.value, accessor.value_aliases)
 
         special: list[EventPredicate] = []
@@ -189,10 +226,13 @@ class DetectionCompiler:
 
         if item.value_linking is ConditionAND:
             tests = [_on_field(get, compile_values([v], cased=cased)) for v in plain]
-            return all_of(special + tests)
+            needs = needs_all([value_needs([v], key, cased=cased) for v in plain])
+            return Compiled(all_of(special + tests), needs)
+        # Any special test (null, exists, field reference) is an alternative without literals.
+        needs = NO_NEEDS if special else value_needs(plain, key, cased=cased)
         if plain:
             special.insert(0, _on_field(get, compile_values(plain, cased=cased)))
-        return any_of(special)
+        return Compiled(any_of(special), needs)
 
 
 def _selector_names(selector: ConditionSelector, names: Sequence[str]) -> list[str]:
@@ -213,17 +253,20 @@ def _selector_names(selector: ConditionSelector, names: Sequence[str]) -> list[s
     return chosen
 
 
-def compile_condition(detections: SigmaDetections, compiler: DetectionCompiler) -> EventPredicate:
+def compile_condition(detections: SigmaDetections, compiler: DetectionCompiler) -> Compiled:
     """Compile the rule's condition(s) into one event test; several conditions are OR-linked.
+
+    The test's needs follow the condition: AND needs every operand's, OR one operand's, and a
+    ``not`` needs nothing.
 
     Raises:
         UnsupportedConstruct: The condition names an unknown detection or an unknown operator.
         sigma.exceptions.SigmaError: The condition does not parse.
     """
-    compiled: dict[str, EventPredicate] = {}
+    compiled: dict[str, Compiled] = {}
     names = list(detections.detections)
 
-    def named(name: str) -> EventPredicate:
+    def named(name: str) -> Compiled:
         if name not in compiled:
             if name not in detections.detections:
                 raise UnsupportedConstruct(
@@ -232,19 +275,19 @@ def compile_condition(detections: SigmaDetections, compiler: DetectionCompiler) 
             compiled[name] = compiler.detection(detections.detections[name])
         return compiled[name]
 
-    def walk(node: Any) -> EventPredicate:
+    def walk(node: Any) -> Compiled:
         if isinstance(node, ConditionIdentifier):
             return named(node.identifier)
         if isinstance(node, ConditionSelector):
-            tests = [named(name) for name in _selector_names(node, names)]
-            return all_of(tests) if node.cond_class is ConditionAND else any_of(tests)
+            parts = [named(name) for name in _selector_names(node, names)]
+            return _all(parts) if node.cond_class is ConditionAND else _any(parts)
         if isinstance(node, ConditionNOT):
-            return _negate(walk(node.args[0]))
+            return Compiled(_negate(walk(node.args[0]).test), NO_NEEDS)
         if isinstance(node, ConditionAND):
-            return all_of([walk(arg) for arg in node.args])
+            return _all([walk(arg) for arg in node.args])
         if isinstance(node, ConditionOR):
-            return any_of([walk(arg) for arg in node.args])
+            return _any([walk(arg) for arg in node.args])
         raise UnsupportedConstruct(f"condition element {node!r} is not supported")
 
     trees = [condition.parse(postprocess=False) for condition in detections.parsed_condition]
-    return any_of([walk(tree) for tree in trees])
+    return _any([walk(tree) for tree in trees])

@@ -13,6 +13,7 @@ from sigma.rule import SigmaRule
 from vigil.detect.conditions import DetectionCompiler, compile_condition
 from vigil.detect.fieldmap import FieldMap
 from vigil.detect.logsource import LogSource, event_logsources
+from vigil.detect.needs import NO_NEEDS, Needs
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Rule:
     logsource: dict[str, str]
     _detect: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
     _logsource_key: LogSource = field(repr=False, compare=False)
+    _needs: Needs = field(default=NO_NEEDS, repr=False, compare=False)
 
     def applies_to(self, event: Mapping[str, Any]) -> bool:
         """Whether the event belongs to the rule's log source."""
@@ -62,6 +64,11 @@ class Rule:
     def matches_detection(self, event: Mapping[str, Any]) -> bool:
         """Whether the event fulfils the detection, whatever its log source (for indexes)."""
         return self._detect(event)
+
+    @property
+    def needs(self) -> Needs:
+        """Literals every event that fires the rule has, for the prefilter (may be none)."""
+        return self._needs
 
 
 @dataclass
@@ -135,7 +142,7 @@ def compile_rule(sigma_rule: SigmaRule, path: str, index: int, fieldmap: FieldMa
         if value
     }
     compiler = DetectionCompiler(fieldmap, logsource)
-    detect = compile_condition(sigma_rule.detection, compiler)
+    compiled = compile_condition(sigma_rule.detection, compiler)
 
     tags = tuple(str(tag) for tag in sigma_rule.tags)
     techniques, tactics = attack_tags(tags)
@@ -149,6 +156,7 @@ def compile_rule(sigma_rule: SigmaRule, path: str, index: int, fieldmap: FieldMa
         attack_tactics=tactics,
         path=path,
         logsource=logsource,
-        _detect=detect,
+        _detect=compiled.test,
         _logsource_key=LogSource.from_mapping(logsource),
+        _needs=compiled.needs,
     )

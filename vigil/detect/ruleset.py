@@ -1,13 +1,15 @@
 """Load rule files into a :class:`RuleSet` and match events against it.
 
 Rules are filed under their log source; an event is tested only against the rules filed under
-one of its log sources or a generalisation of it (see :mod:`vigil.detect.logsource`).
+one of its log sources or a generalisation of it (see :mod:`vigil.detect.logsource`), and of
+those only against the rules whose literal needs it fulfils (see :mod:`vigil.detect.prefilter`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,16 @@ import vigil
 from vigil.detect.errors import DetectError
 from vigil.detect.fieldmap import FieldMap, default_fieldmap
 from vigil.detect.logsource import LogSource, event_logsources
+from vigil.detect.prefilter import Prefilter
 from vigil.detect.rules import Rule, RuleLoadError, compile_rule, rule_id
 
 logger = logging.getLogger(__name__)
 
 RULE_SUFFIXES = (".yml", ".yaml")
+
+# Plans remembered per distinct tuple of event log sources; event.module is free text, so the
+# memo is emptied when it grows past this (the plans themselves are few and kept).
+_PLAN_MEMO_SIZE = 256
 
 
 def builtin_rules_dir() -> Path:
@@ -97,8 +104,17 @@ def load_text(text: str, path: str, fieldmap: FieldMap) -> tuple[list[Rule], lis
     return rules, errors
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The rules an event of some log sources is tested against, and their prefilter."""
+
+    rules: tuple[Rule, ...]
+    tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
+    prefilter: Prefilter
+
+
 class RuleSet:
-    """Compiled rules indexed by log source, plus what failed to load.
+    """Compiled rules indexed by log source and by literal prefilters, plus load failures.
 
     Attributes:
         rules: Every compiled rule, in load order.
@@ -117,6 +133,8 @@ class RuleSet:
         self._index: dict[LogSource, list[Rule]] = {}
         for rule in self.rules:
             self._index.setdefault(LogSource.from_mapping(rule.logsource), []).append(rule)
+        self._plans: dict[tuple[LogSource, ...], _Plan] = {}
+        self._plan_memo: dict[tuple[LogSource, ...], _Plan] = {}
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path], fieldmap: FieldMap | None = None) -> RuleSet:
@@ -158,15 +176,13 @@ class RuleSet:
 
     def candidates(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose log source the event belongs to, each once."""
-        seen: dict[int, Rule] = {}
-        for source in event_logsources(event):
-            for key in source.generalisations():
-                for rule in self._index.get(key, ()):
-                    seen.setdefault(id(rule), rule)
-        return list(seen.values())
+        return list(self._plan(event).rules)
 
     def match(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules that fire on a flat ECS event.
+
+        Only the rules of the event's log sources whose literal needs the event fulfils are
+        evaluated; the result is exactly that of :meth:`match_all_rules`.
 
         Args:
             event: A flat ECS event (dotted keys, e.g. ``process.command_line``).
@@ -174,7 +190,49 @@ class RuleSet:
         Returns:
             The matching rules, in load order of their log-source groups.
         """
-        return [rule for rule in self.candidates(event) if rule.matches_detection(event)]
+        plan = self._plan(event)
+        rules, tests = plan.rules, plan.tests
+        return [rules[i] for i in plan.prefilter.candidates(event) if tests[i](event)]
+
+    def match_all_rules(self, event: Mapping[str, Any]) -> list[Rule]:
+        """The reference for :meth:`match`: every rule of the event's log sources, no prefilter.
+
+        Slow by design; tests compare :meth:`match` against it, benchmarks measure against it.
+
+        Args:
+            event: A flat ECS event (dotted keys).
+
+        Returns:
+            The matching rules, in the same order as :meth:`match`.
+        """
+        return [rule for rule in self._plan(event).rules if rule.matches_detection(event)]
+
+    def _plan(self, event: Mapping[str, Any]) -> _Plan:
+        sources = tuple(event_logsources(event))
+        plan = self._plan_memo.get(sources)
+        if plan is not None:
+            return plan
+
+        # Events whose log sources select the same rule groups share one plan.
+        groups = tuple(
+            dict.fromkeys(
+                key for source in sources for key in source.generalisations() if key in self._index
+            )
+        )
+        plan = self._plans.get(groups)
+        if plan is None:
+            unique = {id(rule): rule for key in groups for rule in self._index[key]}
+            rules = tuple(unique.values())
+            plan = _Plan(
+                rules,
+                tuple(rule.matches_detection for rule in rules),
+                Prefilter([rule.needs for rule in rules]),
+            )
+            self._plans[groups] = plan
+        if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
+            self._plan_memo.clear()
+        self._plan_memo[sources] = plan
+        return plan
 
     def __len__(self) -> int:
         return len(self.rules)

@@ -33,6 +33,16 @@ from sigma.types import (
 )
 
 from vigil.detect.errors import UnsupportedConstruct
+from vigil.detect.needs import (
+    NO_NEEDS,
+    Atom,
+    FieldKey,
+    Needs,
+    any_atom,
+    needs_any,
+    regex_needs,
+    string_atom,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +95,7 @@ class _StringGroup:
         self.any_value = False
 
     def add(self, value: SigmaString) -> None:
-        for part in value.s:
-            if isinstance(part, Placeholder):
-                raise UnsupportedConstruct(
-                    f"placeholder %{part.name}% cannot be resolved by Vigil; replace it with "
-                    "the values it stands for"
-                )
-        parts = _merge_literals(
-            p.lower() if isinstance(p, str) and self.fold else p for p in value.s
-        )
+        parts = string_parts(value, self.fold)
         star = SpecialChars.WILDCARD_MULTI
         literals = [p for p in parts if isinstance(p, str)]
         specials = [p for p in parts if not isinstance(p, str)]
@@ -136,6 +138,21 @@ class _StringGroup:
             )
 
         return match
+
+
+def string_parts(value: SigmaString, fold: bool) -> list[str | SpecialChars]:
+    """A Sigma string as the evaluator compiles it: literals (lower case if fold) and wildcards.
+
+    Raises:
+        UnsupportedConstruct: The string holds a placeholder.
+    """
+    for part in value.s:
+        if isinstance(part, Placeholder):
+            raise UnsupportedConstruct(
+                f"placeholder %{part.name}% cannot be resolved by Vigil; replace it with "
+                "the values it stands for"
+            )
+    return _merge_literals(p.lower() if isinstance(p, str) and fold else p for p in value.s)
 
 
 def _merge_literals(parts: Iterable[str | SpecialChars | Placeholder]) -> list[str | SpecialChars]:
@@ -240,6 +257,44 @@ def compile_values(
     return _any_of(tests)
 
 
+def value_needs(
+    values: Sequence[SigmaType],
+    field: FieldKey | None,
+    *,
+    cased: bool = False,
+    keyword: bool = False,
+) -> Needs:
+    """What every value :func:`compile_values` accepts with the same arguments has.
+
+    Mirrors :func:`compile_values` value by value: strings and booleans give literals, regular
+    expressions the literals they require; a value that implies none (a number, a CIDR or
+    comparison, ``*``) makes the whole OR-linked list imply nothing.
+
+    Args:
+        values: The values given to :func:`compile_values`.
+        field: The value they are tested on; None for keywords.
+        cased: As for :func:`compile_values`.
+        keyword: As for :func:`compile_values`.
+    """
+    alternatives: list[Needs] = []
+    for value in _flatten(values):
+        atom: Atom | None = None
+        if isinstance(value, SigmaRegularExpression):
+            alternatives.append(regex_needs(value.regexp.to_plain(), _regex_flags(value), field))
+            continue
+        if isinstance(value, SigmaString):
+            if keyword:
+                value = _anywhere(value)
+            fold = not (cased or isinstance(value, SigmaCasedString))
+            atom = string_atom(string_parts(value, fold), fold, field)
+        elif isinstance(value, SigmaBool) and field is not None:
+            atom = Atom("exact", field, "true" if value.boolean else "false")
+        if atom is None:
+            return NO_NEEDS
+        alternatives.append(any_atom([atom]))
+    return needs_any(alternatives)
+
+
 def _any_of(tests: list[ValuePredicate]) -> ValuePredicate:
     if not tests:
         return lambda value: False
@@ -256,10 +311,15 @@ def _anywhere(value: SigmaString) -> SigmaString:
     return value
 
 
-def _regex(value: SigmaRegularExpression) -> ValuePredicate:
+def _regex_flags(value: SigmaRegularExpression) -> int:
     flags = 0
     for flag in value.flags:
         flags |= _REGEX_FLAGS[flag]
+    return flags
+
+
+def _regex(value: SigmaRegularExpression) -> ValuePredicate:
+    flags = _regex_flags(value)
     source = value.regexp.to_plain()
     try:
         search = re.compile(source, flags).search

@@ -1,0 +1,213 @@
+"""Literal prefilter: from an event, the few rules whose needs it fulfils.
+
+Every atom of every rule's needs (:mod:`vigil.detect.needs`) is filed by the value it tests.
+For one event, each tested value is read and lower-cased once, then looked up: whole values in a
+dict, prefixes and suffixes with one anchored match against a trie-shaped regular expression, and
+substrings with one scan of another. Keyword atoms are searched in all the event's strings at
+once. A rule is a candidate when each of its clauses has an atom that held; rules without needs
+are always candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from vigil.detect.conditions import text_values
+from vigil.detect.fieldmap import MISSING
+from vigil.detect.needs import Atom, Clause, FieldKey, Needs, clause_weight
+from vigil.detect.values import as_text
+
+logger = logging.getLogger(__name__)
+
+# Joins an event's strings for keyword search. A literal found across a join only makes an
+# extra candidate, never a missed one.
+_JOIN = "\n"
+
+_END = ""
+
+
+def _trie_regex(literals: Iterable[str]) -> str:
+    """A regular expression matching any of the literals, longest first at each position.
+
+    Shared prefixes are factored out, so a mismatch costs one character comparison per branch
+    point instead of one per literal.
+    """
+    root: dict[str, Any] = {}
+    for literal in literals:
+        node = root
+        for char in literal:
+            node = node.setdefault(char, {})
+        node[_END] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        chain = ""
+        while len(node) == 1 and _END not in node:
+            ((char, node),) = node.items()
+            chain += re.escape(char)
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return chain
+        if _END in node:
+            branches.append("")
+        if len(branches) == 1:
+            return chain + branches[0]
+        return chain + "(?:" + "|".join(branches) + ")"
+
+    return emit(root)
+
+
+class LiteralSet:
+    """Literals, each with the clause ids it stands for, matched against text all at once."""
+
+    def __init__(self, literals: Mapping[str, Iterable[int]], reverse: bool = False) -> None:
+        """Compile the matcher.
+
+        Args:
+            literals: Literal (lower case, not empty) to the clauses it satisfies.
+            reverse: Match suffixes: literals and text are reversed before matching.
+        """
+        self._reverse = reverse
+        keyed = {(lit[::-1] if reverse else lit): set(ids) for lit, ids in literals.items()}
+        self._pattern = re.compile(_trie_regex(keyed))
+        # The match at a position is the longest literal there; the others that match there are
+        # exactly the literals it starts with, so each literal carries their clauses too.
+        self._clauses: dict[str, tuple[int, ...]] = {}
+        for literal in keyed:
+            clauses: set[int] = set()
+            for end in range(1, len(literal) + 1):
+                clauses.update(keyed.get(literal[:end], ()))
+            self._clauses[literal] = tuple(sorted(clauses))
+
+    def anchored(self, text: str, hits: set[int]) -> None:
+        """Add the clauses of the literals the text starts with (ends with, when reversed)."""
+        found = self._pattern.match(text[::-1] if self._reverse else text)
+        if found is not None:
+            hits.update(self._clauses[found.group()])
+
+    def anywhere(self, text: str, hits: set[int]) -> None:
+        """Add the clauses of the literals found anywhere in the text, overlaps included."""
+        search = self._pattern.search
+        clauses = self._clauses
+        found = search(text)
+        while found is not None:
+            hits.update(clauses[found.group()])
+            found = search(text, found.start() + 1)
+
+
+class _ValueIndex:
+    """The atoms on one event value (one field, or all strings for keywords)."""
+
+    def __init__(self, read: Callable[[Mapping[str, Any]], tuple[str, ...]]) -> None:
+        self.read = read
+        self.atoms: dict[str, dict[str, set[int]]] = {
+            "exact": {},
+            "prefix": {},
+            "suffix": {},
+            "contains": {},
+        }
+
+    def add(self, atom: Atom, clause: int) -> None:
+        self.atoms[atom.kind].setdefault(atom.literal, set()).add(clause)
+
+    def compile(self) -> Callable[[Mapping[str, Any], set[int]], None]:
+        """The per-event lookup: adds to ``hits`` the clauses whose atoms on this value hold."""
+        read = self.read
+        exact = {lit: tuple(ids) for lit, ids in self.atoms["exact"].items()}
+        steps: list[Callable[[str, set[int]], None]] = []
+        if self.atoms["prefix"]:
+            steps.append(LiteralSet(self.atoms["prefix"]).anchored)
+        if self.atoms["suffix"]:
+            steps.append(LiteralSet(self.atoms["suffix"], reverse=True).anchored)
+        if self.atoms["contains"]:
+            steps.append(LiteralSet(self.atoms["contains"]).anywhere)
+
+        def lookup(event: Mapping[str, Any], hits: set[int]) -> None:
+            for text in read(event):
+                if text in exact:
+                    hits.update(exact[text])
+                for step in steps:
+                    step(text, hits)
+
+        return lookup
+
+
+def _field_reader(key: FieldKey) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
+    get = key.getter()
+
+    def read(event: Mapping[str, Any]) -> tuple[str, ...]:
+        # The texts the evaluator compares, lower-cased once per event and field.
+        value = get(event)
+        if value is MISSING or value is None:
+            return ()
+        if isinstance(value, list | tuple):
+            return tuple(as_text(item).lower() for item in value if item is not None)
+        return (as_text(value).lower(),)
+
+    return read
+
+
+def _keyword_reader(event: Mapping[str, Any]) -> tuple[str, ...]:
+    return (_JOIN.join(text.lower() for text in text_values(event)),)
+
+
+class Prefilter:
+    """Picks, per event, the rules (by position) whose needs the event fulfils."""
+
+    def __init__(self, needs: Sequence[Needs]) -> None:
+        """Index the needs of rules, one entry per rule position.
+
+        Args:
+            needs: Each rule's needs; a rule with none is a candidate for every event.
+        """
+        self._always: list[int] = []
+        clause_ids: dict[Clause, int] = {}
+        # Per clause: the rules filed under it, each with its other clauses.
+        self._filed: dict[int, list[tuple[int, frozenset[int]]]] = {}
+        values: dict[FieldKey | None, _ValueIndex] = {}
+
+        for position, rule_needs in enumerate(needs):
+            if not rule_needs:
+                self._always.append(position)
+                continue
+            ids = {clause_ids.setdefault(c, len(clause_ids)): clause_weight(c) for c in rule_needs}
+            primary = min(ids, key=ids.__getitem__)
+            self._filed.setdefault(primary, []).append((position, frozenset(ids) - {primary}))
+
+        for clause, clause_id in clause_ids.items():
+            for atom in clause:
+                if atom.field not in values:
+                    reader = _keyword_reader if atom.field is None else _field_reader(atom.field)
+                    values[atom.field] = _ValueIndex(reader)
+                values[atom.field].add(atom, clause_id)
+
+        self._lookups = [index.compile() for index in values.values()]
+        self.indexed = len(needs) - len(self._always)
+        logger.debug(
+            "prefilter: %d rules indexed by %d clauses on %d values, %d always evaluated",
+            self.indexed,
+            len(clause_ids),
+            len(values),
+            len(self._always),
+        )
+
+    @property
+    def always(self) -> list[int]:
+        """Positions of the rules without needs, evaluated on every event."""
+        return list(self._always)
+
+    def candidates(self, event: Mapping[str, Any]) -> list[int]:
+        """Positions, ascending, of the rules whose needs the event fulfils."""
+        hits: set[int] = set()
+        for lookup in self._lookups:
+            lookup(event, hits)
+        found = list(self._always)
+        filed = self._filed
+        for clause in hits:
+            for position, others in filed.get(clause, ()):
+                if not others or others <= hits:
+                    found.append(position)
+        found.sort()
+        return found
