@@ -247,8 +247,9 @@ class FileFanotifySensor(Sensor):
         for thread in self._threads:
             thread.start()
         where = ", ".join(f"{m.mount_point} ({m.fstype})" for m in self.marked)
-        self.set_state("running", f"fanotify filesystem marks on {where}")
-        log.info("file_fanotify running: marks on %s", where)
+        renames = "MOVED_FROM/MOVED_TO pairs" if self._moves else "FAN_RENAME"
+        self.set_state("running", f"fanotify filesystem marks on {where}; renames from {renames}")
+        log.info("file_fanotify running: marks on %s, renames from %s", where, renames)
 
     def _configure(self) -> None:
         options = self.context.options
@@ -258,7 +259,10 @@ class FileFanotifySensor(Sensor):
         hash_max = _int_option(options, "file_hash_max_bytes", DEFAULT_HASH_MAX)
         queue_size = _int_option(options, "file_queue_size", 65536)
         self._resolver = paths.PathResolver(_int_option(options, "file_dir_cache", 16384))
-        self._hasher = _FileHasher(hash_max) if options.get("file_hash", True) else None
+        hashing = options.get("file_hash", True)
+        if not isinstance(hashing, bool):
+            raise AgentError(f"file_fanotify option file_hash={hashing!r} must be true or false")
+        self._hasher = _FileHasher(hash_max) if hashing else None
         self._queue = queue.Queue(queue_size)
         self._include = tuple(include)
         state_dir = os.path.realpath(self.context.state_dir)
@@ -422,7 +426,8 @@ class FileFanotifySensor(Sensor):
         if raw.pid == self.own_pid:
             self.count("filtered")
             return
-        if path is None and original is None:
+        if path is None:
+            # The directory went away before the event was read (and was not cached).
             self.count("unresolved")
             return
         if not (self._wanted(path) or self._wanted(original)):
@@ -430,9 +435,7 @@ class FileFanotifySensor(Sensor):
             return
         if raw.pid not in ticks:
             ticks[raw.pid] = read_start_ticks(raw.pid)
-        pending = _Pending(
-            moment, raw.mask, raw.pid, ticks[raw.pid], path or original or "", original
-        )
+        pending = _Pending(moment, raw.mask, raw.pid, ticks[raw.pid], path, original)
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
