@@ -55,6 +55,12 @@ def our_audit_rules() -> list[rules.AuditRule]:
         sock.close()
 
 
+def audit_sensor_running(data_dir: Path) -> bool:
+    hosts = vigil_json(data_dir, "hosts", "list")
+    sensors = hosts[0]["health"].get("sensors", {}) if hosts else {}
+    return bool(sensors.get("process_audit", {}).get("state") == "running")
+
+
 @pytest.fixture(scope="module")
 def vigil_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``vigil up`` with SigmaHQ's Linux rules; stopped with SIGTERM at the end."""
@@ -80,7 +86,7 @@ def vigil_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            if vigil(data_dir, "status").returncode == 0 and vigil_json(data_dir, "hosts", "list"):
+            if vigil(data_dir, "status").returncode == 0 and audit_sensor_running(data_dir):
                 break
             assert process.poll() is None, log_path.read_text()
             time.sleep(0.5)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from vigil.agent import identity as identity_mod
@@ -76,6 +77,7 @@ def _start_server(config: ServerConfig) -> tuple[ServerContext, object, threadin
 
 
 def _stop_server(ctx: ServerContext, server: object, thread: threading.Thread) -> None:
+    ctx.doorbells.close()
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join(timeout=30)
     ctx.close()
@@ -141,6 +143,20 @@ def _stop_agent(agent: subprocess.Popen[bytes]) -> None:
         log.error("the agent did not stop within %ds: killing it", AGENT_STOP_SECONDS)
         agent.kill()
         agent.wait()
+
+
+def _wait_for_first_heartbeat(
+    ctx: ServerContext, agent_id: str, agent: subprocess.Popen[bytes]
+) -> None:
+    """Wait until the agent has reported its sensors, so 'up' means events are flowing."""
+    started = time.time()
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline and agent.poll() is None:
+        row = ctx.state.agent(agent_id)
+        if row and row["last_seen"] >= started and row["health"] not in (None, "", "{}"):
+            return
+        time.sleep(0.2)
+    log.warning("the agent has not reported within %.0fs; see its log lines above", STARTUP_SECONDS)
 
 
 def run_up(config: ServerConfig, sensors: list[str] | None) -> None:

@@ -44,13 +44,23 @@ class Doorbells:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def ring(self, agent_id: str) -> None:
         if self.loop is None:
             return
         self.loop.call_soon_threadsafe(self._events[agent_id].set)
 
+    def close(self) -> None:
+        """Answer every waiting poll now, and every later one at once: the server is stopping."""
+        self._closed = True
+        if self.loop is not None:
+            for event in list(self._events.values()):
+                self.loop.call_soon_threadsafe(event.set)
+
     async def wait(self, agent_id: str, timeout: float) -> None:
+        if self._closed:
+            return
         event = self._events[agent_id]
         try:
             await asyncio.wait_for(event.wait(), timeout)
