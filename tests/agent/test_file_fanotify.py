@@ -263,7 +263,9 @@ def test_shared_process_table_supplies_the_entity(
     target.write_text("x")
 
     found = wait_for(lambda: _find(docs, "creation", target))
-    assert found[0]["process"]["entity_id"] == table.get(os.getpid()).entity_id  # type: ignore[union-attr]
+    instance = table.get(os.getpid())
+    assert instance is not None
+    assert found[0]["process"]["entity_id"] == instance.entity_id
 
 
 @needs_root

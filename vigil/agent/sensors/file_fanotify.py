@@ -334,9 +334,9 @@ class FileFanotifySensor(Sensor):
         self.set_state("stopped")
 
     def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         self._resolver.close()
 
     def _read_loop(self) -> None:
@@ -350,11 +350,13 @@ class FileFanotifySensor(Sensor):
             self.count("errors")
             log.exception("file_fanotify reader failed; file events stop until restart")
             self.set_state("failed", "the fanotify reader thread failed; see the agent log")
+            # Nobody reads the unlimited kernel queue any more: close the group so it is freed.
+            self._close()
         finally:
             self._queue.put(None)
 
     def _drain(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 buffer = os.read(self._fd, READ_SIZE)
             except BlockingIOError:
