@@ -134,9 +134,11 @@ class AuthLogSensor(Sensor):
             self._file = FileFollower(
                 self._paths, os.path.join(self.context.state_dir, POSITION_FILE)
             )
-            self._file.open()
+            if self._file.open():
+                message = f"following {self._file.path}"
+            else:
+                message = f"waiting for {' or '.join(self._paths)} to appear"
             target = self._follow_file
-            message = f"following {self._file.path}"
         else:
             self._journal = self._journal_follower()
             self._journal.start()
