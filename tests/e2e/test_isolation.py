@@ -165,7 +165,10 @@ def test_isolation_is_lifted_when_the_agent_stops_and_returns_when_it_starts(
 ) -> None:
     lab = deployment.lab
     host_id = deployment.host_id()
-    assert deployment.run_task("hosts", "isolate", host_id)["status"] == "done"
+    assert (
+        deployment.run_task("hosts", "isolate", host_id, "--reason", "restart test")["status"]
+        == "done"
+    )
 
     deployment.stop_agent()
     tables = lab.endpoint.run(["nft", "list", "tables"]).stdout

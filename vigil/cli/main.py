@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from vigil.errors import VigilError
 
 DEFAULT_DATA_DIR = "./vigil-data"
 DEFAULT_AGENT_STATE = "/var/lib/vigil-agent"
+ALERT_STATUSES = ("new", "acknowledged", "closed")
+TASK_WAIT_SECONDS = 30.0
 
 
 def _common() -> argparse.ArgumentParser:
@@ -58,6 +61,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the task is queued instead of waiting for its outcome",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(server)
 
     agent = sub.add_parser("agent", parents=[common], help="the endpoint agent")
-    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    agent_sub = agent.add_subparsers(dest="sub", required=True)
     agent_run = agent_sub.add_parser("run", parents=[common], help="enroll if needed, then run")
     agent_run.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     agent_run.add_argument("--enroll-token", help="token from 'vigil enroll-token create'")
@@ -81,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--sensor", action="append", metavar="NAME", help="sensor to run")
 
     token = sub.add_parser("enroll-token", parents=[common], help="agent enrollment tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_sub = token.add_subparsers(dest="sub", required=True)
     create = token_sub.add_parser("create", parents=[common], help="print a new token")
     create.add_argument("--ttl", type=float, default=7 * 24 * 3600, help="lifetime in seconds")
     create.add_argument("--uses", type=int, default=100, help="how many agents may use it")
@@ -89,18 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="exit 0 once the server is ready")
 
     hosts = sub.add_parser("hosts", parents=[common], help="enrolled hosts")
-    hosts_sub = hosts.add_subparsers(dest="hosts_command", required=True)
+    hosts_sub = hosts.add_subparsers(dest="sub", required=True)
     hosts_sub.add_parser("list", parents=[common])
-    for name in ("isolate", "release"):
-        action = hosts_sub.add_parser(name, parents=[common])
-        action.add_argument("host_id")
-        action.add_argument("--reason", default="")
+    isolate = hosts_sub.add_parser(
+        "isolate", parents=[common], help="cut the host off the network but for the server"
+    )
+    isolate.add_argument("host_id")
+    isolate.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    _wait_option(isolate)
+    release = hosts_sub.add_parser("release", parents=[common], help="undo isolate")
+    release.add_argument("host_id")
+    release.add_argument("--reason", default="")
+    _wait_option(release)
 
     alerts = sub.add_parser("alerts", parents=[common], help="alerts raised by detection")
-    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
-    alerts_sub.add_parser("list", parents=[common])
+    alerts_sub = alerts.add_subparsers(dest="sub", required=True)
+    alerts_list = alerts_sub.add_parser("list", parents=[common])
+    alerts_list.add_argument("--status", choices=ALERT_STATUSES)
+    alerts_list.add_argument(
+        "--level",
+        choices=("informational", "low", "medium", "high", "critical"),
+        help="this level or higher",
+    )
+    alerts_list.add_argument("--host", help="host id")
+    alerts_list.add_argument("--limit", type=int, default=500)
     show = alerts_sub.add_parser("show", parents=[common])
     show.add_argument("alert_id")
+    set_status = alerts_sub.add_parser(
+        "set-status", parents=[common], help="triage: acknowledge or close an alert"
+    )
+    set_status.add_argument("alert_id")
+    set_status.add_argument("status", choices=ALERT_STATUSES)
 
     hunt = sub.add_parser("hunt", parents=[common], help="read-only SQL over telemetry")
     hunt.add_argument("--sql", required=True, help='e.g. SELECT "process.command_line" FROM events')
@@ -109,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("host_id")
     kill.add_argument("entity_id")
     kill.add_argument("--tree", action="store_true", help="kill its descendants too")
-    kill.add_argument("--reason", default="")
+    kill.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    _wait_option(kill)
 
     tasks = sub.add_parser("tasks", parents=[common], help="response tasks and their outcome")
-    tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True)
+    tasks_sub = tasks.add_subparsers(dest="sub", required=True)
     tasks_sub.add_parser("list", parents=[common])
     task_show = tasks_sub.add_parser("show", parents=[common])
     task_show.add_argument("task_id")
@@ -145,34 +176,48 @@ def _run_long(args: argparse.Namespace) -> int:
 
 
 def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
-    command = args.command
+    command, sub = args.command, getattr(args, "sub", None)
     if command == "status":
         return api.call("GET", "/status")
     if command == "enroll-token":
         return api.call("POST", "/enroll-tokens", {"ttl_seconds": args.ttl, "uses": args.uses})
+    if command == "hosts" and sub == "list":
+        return api.call("GET", "/hosts")
     if command == "hosts":
-        if args.hosts_command == "list":
-            return api.call("GET", "/hosts")
-        return api.call(
-            "POST", f"/hosts/{args.host_id}/{args.hosts_command}", {"reason": args.reason}
-        )
+        task = api.call("POST", f"/hosts/{args.host_id}/{sub}", {"reason": args.reason})
+        return task if args.no_wait else _wait_for_task(api, task)
+    if command == "alerts" and sub == "list":
+        filters = {
+            "status": args.status,
+            "level": args.level,
+            "host": args.host,
+            "limit": args.limit,
+        }
+        return api.call("GET", "/alerts", params={k: v for k, v in filters.items() if v})
+    if command == "alerts" and sub == "set-status":
+        return api.call("PATCH", f"/alerts/{args.alert_id}", {"status": args.status})
     if command == "alerts":
-        if args.alerts_command == "list":
-            return api.call("GET", "/alerts")
         return api.call("GET", f"/alerts/{args.alert_id}")
     if command == "hunt":
         return api.call("POST", "/hunt", {"sql": args.sql})
     if command == "kill":
-        return api.call(
-            "POST",
-            f"/hosts/{args.host_id}/kill",
-            {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason},
-        )
+        body = {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason}
+        task = api.call("POST", f"/hosts/{args.host_id}/kill", body)
+        return task if args.no_wait else _wait_for_task(api, task)
+    if command == "tasks" and sub == "list":
+        return api.call("GET", "/tasks")
     if command == "tasks":
-        if args.tasks_command == "list":
-            return api.call("GET", "/tasks")
         return api.call("GET", f"/tasks/{args.task_id}")
     raise CliError(f"unknown command {command!r}")
+
+
+def _wait_for_task(api: ApiClient, task: dict[str, Any]) -> dict[str, Any]:
+    """Poll a task until the agent reports an outcome, or give up and show it as it is."""
+    deadline = time.monotonic() + TASK_WAIT_SECONDS
+    while task["status"] in ("queued", "delivered", "running") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        task = api.call("GET", f"/tasks/{task['id']}")
+    return task
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,81 +4,136 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import Any
+
+CELL = 80
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A fixed-width table; cells are cut at 80 characters."""
-    cells = [[str(c if c is not None else "")[:80] for c in row] for row in rows]
+    """A fixed-width table; a cell longer than 80 characters is cut and ends in '…'."""
+    cells = [
+        [
+            s if len(s := str(c if c is not None else "")) <= CELL else s[: CELL - 1] + "…"
+            for c in row
+        ]
+        for row in rows
+    ]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _hosts(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["ID", "NAME", "ISOLATED", "LAST SEEN"],
+        [[h["id"], h["name"], h["isolated"], h["last_seen"]] for h in result],
+    )
+
+
+def _alerts(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["ID", "TIME", "STATUS", "LEVEL", "RULE", "ATT&CK", "HOST"],
+        [
+            [
+                a["id"],
+                a["@timestamp"],
+                a["status"],
+                a["rule"]["level"],
+                a["rule"]["title"],
+                ",".join(a["attack"]),
+                a["host"]["name"],
+            ]
+            for a in result
+        ],
+    )
+
+
+def _alert(result: dict[str, Any]) -> str:
+    event = result["event"]
+    process = event.get("process", {})
+    user = event.get("user", {})
+    lines = [
+        f"{result['rule']['title']} ({result['rule']['level']})",
+        f"  alert:    {result['id']} ({result['status']})",
+        f"  time:     {result['@timestamp']}",
+        f"  host:     {result['host']['name']} ({result['host']['id']})",
+        f"  ATT&CK:   {', '.join(result['attack'])}"
+        f" ({', '.join(result['rule'].get('tactics', []))})",
+        f"  rule:     {result['rule']['id']}",
+    ]
+    if process:
+        lines += [
+            f"  process:  {process.get('command_line') or process.get('executable')}",
+            f"  entity:   {process.get('entity_id')} (pid {process.get('pid')})",
+            f"  user:     {user.get('name')} ({user.get('id')})",
+            f"  cwd:      {process.get('working_directory')}",
+        ]
+    tree = result.get("process_tree") or []
+    if tree:
+        lines.append("Process tree (oldest known ancestor first):")
+        for depth, node in enumerate(tree):
+            text = node["command_line"] or node["executable"]
+            lines.append(f"{'  ' * depth}└ [{node['pid']}] {text}  ({node['entity_id']})")
     return "\n".join(lines)
 
 
-def when(epoch: float | None) -> str:
-    """An epoch time as a UTC timestamp to the second."""
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+def _hunt(result: dict[str, Any]) -> str:
+    text = table(result["columns"], [[row[c] for c in result["columns"]] for row in result["rows"]])
+    if result["truncated"]:
+        text += "\n(more rows than shown: narrow the query)"
+    return text
+
+
+def _tasks(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["ID", "CREATED", "ACTION", "HOST", "STATUS", "BY", "REASON"],
+        [
+            [
+                t["id"],
+                t["created"],
+                t["action"],
+                t["agent_id"],
+                t["status"],
+                t["requested_by"],
+                t["reason"],
+            ]
+            for t in result
+        ],
+    )
+
+
+def _task(result: dict[str, Any]) -> str:
+    message = f" ({result['message']})" if result["message"] else ""
+    lines = [
+        f"task {result['id']}: {result['action']} on {result['agent_id']}",
+        f"  status:   {result['status']}{message}",
+        f"  asked by: {result['requested_by']} at {result['created']}: {result['reason'] or '-'}",
+        f"  params:   {json.dumps(result['params'])}",
+    ]
+    if result.get("result"):
+        lines.append(f"  result:   {json.dumps(result['result'])}")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
+    ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
+    ("enroll-token", "create"): lambda r: str(r["token"]),
+    ("hosts", "list"): _hosts,
+    ("hosts", "isolate"): _task,
+    ("hosts", "release"): _task,
+    ("alerts", "list"): _alerts,
+    ("alerts", "show"): _alert,
+    ("alerts", "set-status"): lambda r: f"alert {r['id']} is now {r['status']}",
+    ("hunt", None): _hunt,
+    ("kill", None): _task,
+    ("tasks", "list"): _tasks,
+    ("tasks", "show"): _task,
+}
 
 
 def render(args: argparse.Namespace, result: Any) -> None:
-    """Print a command's result for a person."""
-    command = args.command
-    if command == "status":
-        print(f"server ready: {result['rules']} rules loaded")
-    elif command == "enroll-token":
-        print(result["token"])
-    elif command == "hosts" and args.hosts_command == "list":
-        print(
-            table(
-                ["ID", "NAME", "ISOLATED", "LAST SEEN"],
-                [[h["id"], h["name"], h["isolated"], when(h["last_seen"])] for h in result],
-            )
-        )
-    elif command == "alerts" and args.alerts_command == "list":
-        print(
-            table(
-                ["ID", "TIME", "LEVEL", "RULE", "ATT&CK", "HOST"],
-                [
-                    [
-                        a["id"],
-                        a["@timestamp"],
-                        a["rule"]["level"],
-                        a["rule"]["title"],
-                        ",".join(a["attack"]),
-                        a["host"]["name"],
-                    ]
-                    for a in result
-                ],
-            )
-        )
-    elif command == "alerts":
-        print(f"{result['rule']['title']} ({result['rule']['level']}) on {result['host']['name']}")
-        print(f"ATT&CK: {', '.join(result['attack'])}")
-        print("Process tree:")
-        for depth, node in enumerate(result["process_tree"]):
-            print(f"{'  ' * depth}└ [{node['pid']}] {node['command_line'] or node['executable']}")
-    elif command == "hunt":
-        print(
-            table(
-                result["columns"], [[row[c] for c in result["columns"]] for row in result["rows"]]
-            )
-        )
-        if result["truncated"]:
-            print("(more rows than shown: narrow the query)")
-    elif command == "tasks" and args.tasks_command == "list":
-        print(
-            table(
-                ["ID", "ACTION", "HOST", "STATUS", "BY"],
-                [
-                    [t["id"], t["action"], t["agent_id"], t["status"], t["requested_by"]]
-                    for t in result
-                ],
-            )
-        )
-    else:
-        print(json.dumps(result, indent=2, default=str))
+    """Print a command's result for a person (JSON for anything without a renderer)."""
+    renderer = RENDERERS.get((args.command, getattr(args, "sub", None)))
+    print(renderer(result) if renderer else json.dumps(result, indent=2, default=str))

@@ -103,6 +103,11 @@ def utc_now_iso() -> str:
     return iso(datetime.now(UTC))
 
 
+def iso_epoch(seconds: float | None) -> str | None:
+    """An epoch time as an ECS timestamp; None stays None."""
+    return None if seconds is None else iso(datetime.fromtimestamp(seconds, UTC))
+
+
 def iso(moment: datetime) -> str:
     """Format an aware datetime as ECS expects: UTC with a ``Z``."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

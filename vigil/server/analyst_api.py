@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from vigil.cases.process_tree import process_tree
 from vigil.hunt.errors import HuntError
 from vigil.hunt.sql import run_hunt
+from vigil.schema.ecs import iso_epoch
 from vigil.schema.tokens import make_enroll_token
 from vigil.server import auth
 from vigil.server.auth import Analyst
@@ -36,7 +37,13 @@ class ResponseRequest(BaseModel):
     reason: str = Field(default="", max_length=4000)
 
 
-class KillRequest(ResponseRequest):
+class DestructiveRequest(BaseModel):
+    """Destructive actions must say why: the reason goes into the audit trail."""
+
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+class KillRequest(DestructiveRequest):
     entity_id: str = Field(min_length=1, max_length=128)
     tree: bool = False
 
@@ -74,11 +81,11 @@ def _host(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["hostname"],
-        "host_id": row["host_id"],
+        "machine_id": row["host_id"],
         "os": row["os"],
         "agent_version": row["version"],
-        "enrolled": row["enrolled"],
-        "last_seen": row["last_seen"],
+        "enrolled": iso_epoch(row["enrolled"]),
+        "last_seen": iso_epoch(row["last_seen"]),
         "isolated": bool(row["isolated"]),
         "health": json.loads(row["health"] or "{}"),
     }
@@ -110,7 +117,7 @@ def host(
 @router.post("/hosts/{host_id}/isolate")
 def isolate(
     host_id: str,
-    request: ResponseRequest,
+    request: DestructiveRequest,
     analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
@@ -165,13 +172,45 @@ def task(
     return found
 
 
+LEVELS = ("informational", "low", "medium", "high", "critical")
+AlertStatus = Literal["new", "acknowledged", "closed"]
+AlertLevel = Literal["informational", "low", "medium", "high", "critical"]
+
+
+class AlertUpdate(BaseModel):
+    status: AlertStatus
+
+
 @router.get("/alerts")
 def alerts(
-    limit: int = 500,
+    limit: int = Query(500, ge=1, le=10_000),
+    status: AlertStatus | None = None,
+    level: AlertLevel | None = Query(None, description="this level or higher"),
+    host: str | None = None,
     analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> list[dict[str, Any]]:
-    return ctx.state.alerts(analyst.tenant_id, min(max(limit, 1), 10_000))
+    """Newest first; filter by triage status, minimum level and host."""
+    levels = LEVELS[LEVELS.index(level) :] if level else None
+    return ctx.state.alerts(analyst.tenant_id, limit, status, levels, host)
+
+
+@router.patch("/alerts/{alert_id}")
+def update_alert(
+    alert_id: str,
+    update: AlertUpdate,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Triage: mark an alert acknowledged or closed (or new again)."""
+    if not ctx.state.set_alert_status(analyst.tenant_id, alert_id, update.status):
+        raise HTTPException(404, f"no alert {alert_id!r}; see 'vigil alerts list'")
+    ctx.state.audit(
+        analyst.tenant_id, analyst.name, "alert.status", alert_id, {"status": update.status}, "ok"
+    )
+    found = ctx.state.alert(analyst.tenant_id, alert_id)
+    assert found is not None
+    return found
 
 
 @router.get("/alerts/{alert_id}")

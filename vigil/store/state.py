@@ -14,8 +14,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vigil.schema.ecs import iso_epoch
 
 DEFAULT_TENANT = "default"
 
@@ -196,12 +199,37 @@ class StateStore:
             ),
         )
 
-    def alerts(self, tenant_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    def alerts(
+        self,
+        tenant_id: str,
+        limit: int = 500,
+        status: str | None = None,
+        levels: Sequence[str] | None = None,
+        host_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest alerts first, optionally only of one status, some levels or one host."""
+        where, args = ["tenant_id = ?"], [tenant_id]
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if levels:
+            where.append(f"json_extract(rule, '$.level') IN ({', '.join('?' for _ in levels)})")
+            args.extend(levels)
+        if host_id:
+            where.append("host_id = ?")
+            args.append(host_id)
         rows = self._all(
-            "SELECT * FROM alerts WHERE tenant_id = ? ORDER BY created DESC LIMIT ?",
-            (tenant_id, limit),
+            f"SELECT * FROM alerts WHERE {' AND '.join(where)} ORDER BY created DESC LIMIT ?",
+            (*args, limit),
         )
         return [_alert(r) for r in rows]
+
+    def set_alert_status(self, tenant_id: str, alert_id: str, status: str) -> bool:
+        cursor = self._exec(
+            "UPDATE alerts SET status = ? WHERE tenant_id = ? AND id = ?",
+            (status, tenant_id, alert_id),
+        )
+        return cursor.rowcount == 1
 
     def alert(self, tenant_id: str, alert_id: str) -> dict[str, Any] | None:
         row = self._one(
@@ -299,6 +327,7 @@ class StateStore:
         )
         for row in rows:
             row["params"] = json.loads(row["params"])
+            row["at"] = iso_epoch(row["at"])
         return rows
 
 
@@ -317,19 +346,10 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
 def _task(row: dict[str, Any]) -> dict[str, Any]:
     task = {
         k: row[k]
-        for k in (
-            "id",
-            "agent_id",
-            "action",
-            "status",
-            "requested_by",
-            "reason",
-            "created",
-            "updated",
-            "expires",
-            "message",
-        )
+        for k in ("id", "agent_id", "action", "status", "requested_by", "reason", "message")
     }
+    for moment in ("created", "updated", "expires"):
+        task[moment] = iso_epoch(row[moment])
     task["params"] = json.loads(row["params"])
     task["result"] = json.loads(row["result"]) if row["result"] else None
     return task
