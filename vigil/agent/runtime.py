@@ -22,6 +22,8 @@ import httpx
 
 from vigil.agent import identity as identity_mod
 from vigil.agent.errors import AgentError, NotApplicable, TaskRejected
+from vigil.agent.policy import Policy
+from vigil.agent.processes import ProcessTable
 from vigil.agent.respond import isolate
 from vigil.agent.respond.base import ActionContext
 from vigil.agent.sensors import REGISTRY as SENSORS
@@ -29,6 +31,7 @@ from vigil.agent.sensors.base import Sensor, SensorContext
 from vigil.agent.spool import Spool
 from vigil.agent.tasks import TaskChecker, run_action
 from vigil.agent.transport import ServerLink
+from vigil.agent.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,12 @@ class Agent:
     def __init__(
         self,
         ident: identity_mod.Identity,
-        sensor_names: list[str] | None = None,
+        policy: Policy | None = None,
         batch_size: int = 1000,
     ) -> None:
         self.identity = ident
         self.batch_size = batch_size
-        self.sensor_names = sensor_names or default_sensors()
+        self.policy = policy or default_policy()
         self.spool = Spool(ident.state_dir / "spool.sqlite")
         self.link = ServerLink(ident)
         self.checker = TaskChecker(
@@ -58,6 +61,8 @@ class Agent:
         )
         self.sensors: list[Sensor] = []
         self.sensor_health: dict[str, dict[str, Any]] = {}
+        self.processes = ProcessTable(ident.agent_id)
+        self.watchdog = Watchdog(self.policy.budget, lambda: list(self.sensors), self._shed)
         self.rejected_batches = 0
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -83,6 +88,7 @@ class Agent:
         if isolate.reapply_if_isolated(self.action_context):
             log.warning("this host was isolated before the agent stopped: isolation re-applied")
         self._start_sensors()
+        self.watchdog.start()
         for target in (self._writer, self._sender, self._heartbeat, self._task_loop):
             thread = threading.Thread(
                 target=target, name=f"vigil-{target.__name__[1:]}", daemon=True
@@ -96,30 +102,34 @@ class Agent:
         )
 
     def _start_sensors(self) -> None:
-        context = SensorContext(
+        pending = list(self.policy.sensors)
+        while pending:
+            name = pending.pop(0)
+            if self._start_sensor(name):
+                continue
+            fallback = FALLBACKS.get(name)
+            if fallback and fallback not in self.policy.sensors:
+                log.warning("sensor %s is off: falling back to %s", name, fallback)
+                pending.append(fallback)
+
+    def _context(self, name: str) -> SensorContext:
+        return SensorContext(
             agent_id=self.identity.agent_id,
             host_id=self.identity.agent_id,
             host_name=self.identity.hostname,
             emit=self.emit,
             state_dir=str(self.identity.state_dir),
+            processes=self.processes,
+            options=dict(self.policy.sensors.get(name, {})),
         )
-        pending = list(self.sensor_names)
-        while pending:
-            name = pending.pop(0)
-            if self._start_sensor(name, context):
-                continue
-            fallback = FALLBACKS.get(name)
-            if fallback and fallback not in self.sensor_names:
-                log.warning("sensor %s is off: falling back to %s", name, fallback)
-                pending.append(fallback)
 
-    def _start_sensor(self, name: str, context: SensorContext) -> bool:
+    def _start_sensor(self, name: str) -> bool:
         sensor_cls = SENSORS.get(name)
         if sensor_cls is None:
             self.sensor_health[name] = {"state": "failed", "message": "no such sensor"}
             log.error("no sensor named %r; known sensors: %s", name, ", ".join(SENSORS))
             return False
-        sensor = sensor_cls(context)
+        sensor = sensor_cls(self._context(name))
         try:
             sensor.check_compatible()
             sensor.start()
@@ -135,8 +145,20 @@ class Agent:
         self.sensors.append(sensor)
         return True
 
+    def _shed(self, sensor: Sensor, reason: str) -> None:
+        """Stop a sensor the watchdog gave up on, and say why in its health."""
+        try:
+            sensor.stop()
+        except Exception:
+            log.exception("sensor %s did not stop cleanly", sensor.name)
+        self.sensors.remove(sensor)
+        health = sensor.health().as_dict()
+        health.update(state="shed", message=reason)
+        self.sensor_health[sensor.name] = health
+
     def stop(self) -> None:
         """Stop sensors (restoring kernel state), flush and send what is left, lift firewall."""
+        self.watchdog.stop()
         for sensor in self.sensors:
             try:
                 sensor.stop()
@@ -222,7 +244,12 @@ class Agent:
             sensors[sensor.name] = sensor.health().as_dict()
         spool = self.spool.stats()
         spool["rejected_batches"] = self.rejected_batches
-        return {"sensors": sensors, "spool": spool, "isolated": self._isolated()}
+        return {
+            "sensors": sensors,
+            "spool": spool,
+            "isolated": self._isolated(),
+            "watchdog": self.watchdog.report(),
+        }
 
     def _isolated(self) -> bool:
         try:
@@ -281,9 +308,13 @@ class Agent:
             log.warning("could not report task %s: %s", body.task_id, exc)
 
 
-def default_sensors() -> list[str]:
-    """The kernel audit sensor as root; the polling fallback otherwise."""
-    return ["process_audit"] if os.geteuid() == 0 else ["process_poll"]
+def default_policy() -> Policy:
+    """Every sensor as root; without root only what can run unprivileged, polling processes."""
+    policy = Policy.default(sorted(SENSORS))
+    if os.geteuid() != 0:
+        policy = policy.only([name for name in policy.sensors if not SENSORS[name].requires_root])
+        policy.sensors.setdefault("process_poll", {})
+    return policy
 
 
 def load_identity(state_dir: Path) -> identity_mod.Identity:

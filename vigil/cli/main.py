@@ -61,6 +61,25 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _agent_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="agent policy (YAML): sensors, their options, the budget",
+    )
+    parser.add_argument(
+        "--sensor", action="append", metavar="NAME", help="run only this sensor; repeatable"
+    )
+    parser.add_argument(
+        "--quiet-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder whose file activity is not recorded; repeatable",
+    )
+
+
 def _wait_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-wait",
@@ -78,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", parents=[common], help="run the server and an agent for this host")
     _server_options(up)
-    up.add_argument("--sensor", action="append", metavar="NAME", help="agent sensor to run")
+    _agent_options(up)
     server = sub.add_parser("server", parents=[common], help="run the server alone")
     _server_options(server)
 
@@ -89,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_run.add_argument("--enroll-token", help="token from 'vigil enroll-token create'")
     agent_run.add_argument("--ca-fingerprint", help="SHA-256 of the server CA (else the token's)")
     agent_run.add_argument("--state-dir", default=DEFAULT_AGENT_STATE)
-    agent_run.add_argument("--sensor", action="append", metavar="NAME", help="sensor to run")
+    _agent_options(agent_run)
 
     token = sub.add_parser("enroll-token", parents=[common], help="agent enrollment tokens")
     token_sub = token.add_subparsers(dest="sub", required=True)
@@ -159,9 +178,14 @@ def _run_long(args: argparse.Namespace) -> int:
     from vigil.cli import run
 
     data_dir = _data_dir(args)
+    if args.command == "server":
+        options = None
+    else:
+        options = run.AgentOptions(args.policy, args.sensor, args.quiet_path)
     if args.command == "agent":
+        assert options is not None
         run.run_agent(
-            Path(args.state_dir), args.server, args.enroll_token, args.ca_fingerprint, args.sensor
+            Path(args.state_dir), args.server, args.enroll_token, args.ca_fingerprint, options
         )
         return 0
     try:
@@ -169,7 +193,8 @@ def _run_long(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if args.command == "up":
-        run.run_up(config, args.sensor)
+        assert options is not None
+        run.run_up(config, options)
     else:
         run.run_server(config)
     return 0

@@ -8,10 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigil.agent import identity as identity_mod
-from vigil.agent.runtime import Agent
+from vigil.agent.policy import Policy
+from vigil.agent.runtime import Agent, default_policy
+from vigil.agent.sensors import REGISTRY as SENSORS
 from vigil.detect import builtin_rules_dir
 from vigil.schema.tokens import make_enroll_token
 from vigil.server.app import ADMIN_TOKEN_FILE, build_server
@@ -23,6 +26,34 @@ log = logging.getLogger(__name__)
 STARTUP_SECONDS = 30.0
 AGENT_STOP_SECONDS = 60
 AGENT_RESTART_SECONDS = 5.0
+
+
+@dataclass
+class AgentOptions:
+    """How the agent is told what to run: a policy file, a sensor list, quiet folders."""
+
+    policy: Path | None = None
+    sensors: list[str] | None = None
+    quiet_paths: list[str] = field(default_factory=list)
+
+    def build(self) -> Policy:
+        """The policy these options describe; raise AgentError for a bad policy file."""
+        policy = Policy.load(self.policy, sorted(SENSORS)) if self.policy else default_policy()
+        if self.sensors:
+            policy = policy.only(self.sensors)
+        if self.quiet_paths and "file_fanotify" in policy.sensors:
+            options = policy.sensors["file_fanotify"]
+            options["file_exclude"] = [*options.get("file_exclude", []), *self.quiet_paths]
+        return policy
+
+    def arguments(self) -> list[str]:
+        """The same options as command-line arguments, for a child agent process."""
+        args = ["--policy", str(self.policy)] if self.policy else []
+        for name in self.sensors or []:
+            args += ["--sensor", name]
+        for path in self.quiet_paths:
+            args += ["--quiet-path", path]
+        return args
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -100,7 +131,7 @@ def run_agent(
     server_url: str | None,
     token: str | None,
     fingerprint: str | None,
-    sensors: list[str] | None,
+    options: AgentOptions,
 ) -> None:
     """``vigil agent run``: enroll on first run, then watch and report until stopped."""
     ident = identity_mod.load(state_dir)
@@ -111,7 +142,7 @@ def run_agent(
                 "and --enroll-token TOKEN (from 'vigil enroll-token create')"
             )
         ident = identity_mod.enroll(state_dir, server_url, token, fingerprint)
-    agent = Agent(ident, sensors)
+    agent = Agent(ident, options.build())
     agent.start()
     try:
         _wait_for_signal()
@@ -119,7 +150,7 @@ def run_agent(
         agent.stop()
 
 
-def _spawn_agent(state_dir: Path, sensors: list[str] | None) -> subprocess.Popen[bytes]:
+def _spawn_agent(state_dir: Path, options: AgentOptions) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -128,9 +159,8 @@ def _spawn_agent(state_dir: Path, sensors: list[str] | None) -> subprocess.Popen
         "run",
         "--state-dir",
         str(state_dir),
+        *options.arguments(),
     ]
-    for name in sensors or []:
-        command += ["--sensor", name]
     return subprocess.Popen(command)
 
 
@@ -159,12 +189,15 @@ def _wait_for_first_heartbeat(
     log.warning("the agent has not reported within %.0fs; see its log lines above", STARTUP_SECONDS)
 
 
-def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
+def run_up(config: ServerConfig, options: AgentOptions) -> None:
     """``vigil up``: the server, and an agent for this host in a child process it supervises.
 
     The agent runs apart so that its CPU and memory budget is its own and a crash of one does
     not take the other down; an agent that dies is started again.
     """
+    # The server's own writes under its data directory are not the host's activity.
+    options.quiet_paths = [*options.quiet_paths, str(config.data_dir)]
+    options.build()  # a bad policy file fails here, before anything starts
     ctx, server, thread = _start_server(config)
     agent: subprocess.Popen[bytes] | None = None
     stop = _signal_event()
@@ -175,7 +208,7 @@ def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
             secret = ctx.state.create_enroll_secret(DEFAULT_TENANT, ttl=600, uses=1)
             token = make_enroll_token(secret, ctx.authority.ca_fingerprint)
             ident = identity_mod.enroll(state_dir, config.url, token)
-        agent = _spawn_agent(state_dir, sensors)
+        agent = _spawn_agent(state_dir, options)
         print(
             f"Vigil is up: server {config.url}, agent {ident.agent_id} on {ident.hostname}",
             flush=True,
@@ -191,7 +224,7 @@ def run_up(config: ServerConfig, sensors: list[str] | None) -> None:
                 log.error("the agent exited with status %s: starting it again", agent.returncode)
                 stop.wait(AGENT_RESTART_SECONDS)
                 if not stop.is_set():
-                    agent = _spawn_agent(state_dir, sensors)
+                    agent = _spawn_agent(state_dir, options)
     finally:
         if agent is not None:
             _stop_agent(agent)

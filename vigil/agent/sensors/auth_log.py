@@ -55,6 +55,7 @@ class AuthLogSensor(Sensor):
     """Emits ssh, sudo, su, PAM session and account-change events from the auth log or journal."""
 
     name = "auth_log"
+    shed_order = 60
     supported_os = ("linux",)
     requires_root = True
     version = "1"

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, type[Sensor]] = {}
+NEVER_SHED = 1000
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -54,6 +55,9 @@ class Sensor(abc.ABC):
     supported_os: ClassVar[tuple[str, ...]] = ("linux",)
     requires_root: ClassVar[bool] = True
     version: ClassVar[str] = "1"
+    # When the agent is over its CPU or memory budget, sensors are stopped lowest first;
+    # NEVER_SHED keeps a sensor running whatever it costs.
+    shed_order: ClassVar[int] = 50
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

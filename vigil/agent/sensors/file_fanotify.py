@@ -179,6 +179,7 @@ class FileFanotifySensor(Sensor):
     """
 
     name = "file_fanotify"
+    shed_order = 30
     supported_os = ("linux",)
     requires_root = True
     version = "1"

@@ -206,6 +206,7 @@ class InventorySensor(Sensor):
     """Emits the host's inventory at start and an event for every item added, removed or changed."""
 
     name = "inventory"
+    shed_order = 10
     supported_os = ("linux",)
     requires_root = False
     version = "1"

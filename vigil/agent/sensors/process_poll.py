@@ -34,7 +34,7 @@ from vigil.agent.processes import (
     ticks_to_epoch,
     user_fields,
 )
-from vigil.agent.sensors.base import Sensor, SensorContext
+from vigil.agent.sensors.base import NEVER_SHED, Sensor, SensorContext
 from vigil.schema.ecs import iso
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class ProcessPollSensor(Sensor):
     """Emits ``process`` start and end events by diffing psutil snapshots (degraded mode)."""
 
     name = "process_poll"
+    shed_order = NEVER_SHED
     supported_os = ("linux", "darwin", "windows")
     requires_root = False
     version = "1"

@@ -1,0 +1,100 @@
+"""The agent policy file, and the watchdog that keeps the agent within its budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vigil.agent.errors import AgentError
+from vigil.agent.policy import Budget, Policy
+from vigil.agent.sensors import REGISTRY
+from vigil.agent.sensors.base import Sensor, SensorContext
+from vigil.agent.watchdog import Watchdog
+
+KNOWN = sorted(REGISTRY)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yml"
+    path.write_text(text)
+    return path
+
+
+def test_the_default_policy_runs_every_sensor_but_fallbacks() -> None:
+    policy = Policy.default(KNOWN)
+    assert "process_audit" in policy.sensors and "process_poll" not in policy.sensors
+    assert policy.budget == Budget(cpu_percent=5.0, rss_mb=150.0)
+
+
+def test_a_policy_turns_sensors_off_sets_options_and_the_budget(tmp_path: Path) -> None:
+    policy = Policy.load(
+        write(
+            tmp_path,
+            """
+sensors:
+  inventory: {inventory_interval: 600}
+  auth_log: false
+budget: {cpu_percent: 2, rss_mb: 100}
+""",
+        ),
+        KNOWN,
+    )
+    assert policy.sensors["inventory"] == {"inventory_interval": 600}
+    assert "auth_log" not in policy.sensors and "process_audit" in policy.sensors
+    assert policy.budget == Budget(cpu_percent=2, rss_mb=100)
+    assert list(policy.only(["inventory"]).sensors) == ["inventory"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("sensors: {keylogger: {}}", "no sensor 'keylogger'; known: ", id="unknown"),
+        pytest.param("sensors: {inventory: 3}", "takes a mapping of options", id="options"),
+        pytest.param("budget: {cpu: 3}", "bad budget", id="budget"),
+        pytest.param("sensor: {}", "unknown keys", id="top-level"),
+        pytest.param("sensors: [", "cannot read agent policy", id="yaml"),
+    ],
+)
+def test_a_bad_policy_says_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(AgentError, match=message):
+        Policy.load(write(tmp_path, text), KNOWN)
+
+
+def sensors_by_name(tmp_path: Path, names: list[str]) -> list[Sensor]:
+    context = SensorContext(
+        agent_id="a", host_id="a", host_name="h", emit=lambda _doc: None, state_dir=str(tmp_path)
+    )
+    return [REGISTRY[name](context) for name in names]
+
+
+def test_over_budget_the_cheapest_sensor_to_lose_goes_first(tmp_path: Path) -> None:
+    running = sensors_by_name(tmp_path, ["process_poll", "auth_log", "inventory"])
+    shed: list[str] = []
+
+    def shed_one(sensor: Sensor, reason: str) -> None:
+        assert "over budget" in reason
+        shed.append(sensor.name)
+        running.remove(sensor)
+
+    # A budget nothing can meet: every full window sheds one sensor.
+    watchdog = Watchdog(Budget(cpu_percent=-1, rss_mb=0), lambda: list(running), shed_one, window=2)
+    for _ in range(8):
+        watchdog.sample()
+    assert shed == ["inventory", "auth_log"]
+    assert [s.name for s in running] == ["process_poll"]
+    report = watchdog.report()
+    assert report["shed"] == ["inventory", "auth_log"] and report["peak_rss_mb"] > 0
+
+
+def test_within_budget_nothing_is_shed(tmp_path: Path) -> None:
+    running = sensors_by_name(tmp_path, ["inventory"])
+    watchdog = Watchdog(
+        Budget(cpu_percent=10_000, rss_mb=1_000_000),
+        lambda: running,
+        lambda s, r: pytest.fail(f"shed {s.name}: {r}"),
+        window=2,
+    )
+    for _ in range(4):
+        watchdog.sample()
+    assert watchdog.report()["shed"] == []
