@@ -3,7 +3,8 @@
 ``RuleSet.match_all_rules`` evaluates every rule of the event's log sources; ``RuleSet.match``
 only those whose literal needs the event fulfils. Both must return the same rules in the same
 order on every event: generated ones mixing the literals of the loaded rules, the cases of
-Vigil's own rules, and hand-made edge cases of case folding, lists and field fallbacks.
+Vigil's own rules, and hand-made edge cases of case folding, lists and field fallbacks. Keyword
+searches over all of an event's strings at once must equal searching string by string.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
+from sigma.types import SigmaString
 
 from vigil.detect import Rule, RuleSet, builtin_rules_dir
+from vigil.detect.values import compile_keywords, compile_values
 
 from .eventgen import EventMaker, read_rule_literals
 from .helpers import SIGMA_LINUX, process_event, rule_text
@@ -225,3 +228,33 @@ def test_needs_of_and_or_not() -> None:
 
     rule = ruleset_of(EDGE_RULES[-2]).rules[0]
     assert [[atom.literal for atom in clause] for clause in rule.needs] == [["/sh"]]
+
+
+KEYWORD_LISTS = [
+    pytest.param(["evil", "BAD thing"], False, id="infixes"),
+    pytest.param(["wget * - http* | perl", "a?c", "x*"], False, id="patterns"),
+    pytest.param(["AbC", "q*Z"], True, id="cased"),
+    pytest.param(["ΣΊΣΥΦΟΣ", "line\nbreak"], False, id="separator-in-keyword"),
+    pytest.param(["*"], False, id="any"),
+]
+TEXT_LISTS = [
+    [],
+    ["nothing here"],
+    ["an EVIL one", "x"],
+    ["wget a - http://b | perl"],
+    ["wget a\n - http://b | PERL"],  # the separator inside one string
+    ["wget a", " - http://b | perl"],  # must not match across two strings
+    ["abc", "AbC", "aXc"],
+    ["q then z", "q then Z"],
+    ["σίσυφος", "line", "break"],
+    ["line\nbreak"],
+]
+
+
+@pytest.mark.parametrize(("keywords", "cased"), KEYWORD_LISTS)
+def test_joined_keyword_search_equals_search_per_string(keywords: list[str], cased: bool) -> None:
+    values = [SigmaString(keyword) for keyword in keywords]
+    each = compile_values(values, cased=cased, keyword=True)
+    joined = compile_keywords(values, cased=cased)
+    for texts in TEXT_LISTS:
+        assert joined(texts) is any(each(text) for text in texts), texts

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sigma.conditions import (
@@ -31,6 +31,7 @@ from vigil.detect.values import (
     ValuePredicate,
     apply_aliases,
     as_text,
+    compile_keywords,
     compile_values,
     value_needs,
 )
@@ -90,13 +91,15 @@ def _any(parts: Sequence[Compiled]) -> Compiled:
     return Compiled(any_of([p.test for p in parts]), needs_any([p.needs for p in parts]))
 
 
-def text_values(event: Mapping[str, Any]) -> Iterator[str]:
+def text_values(event: Mapping[str, Any]) -> list[str]:
     """Every string in an event, list elements included; what keyword detections search."""
+    texts: list[str] = []
     for value in event.values():
         if isinstance(value, str):
-            yield value
+            texts.append(value)
         elif isinstance(value, list | tuple):
-            yield from (item for item in value if isinstance(item, str))
+            texts.extend([item for item in value if isinstance(item, str)])
+    return texts
 
 
 def _on_field(get: Getter, test: ValuePredicate) -> EventPredicate:
@@ -190,12 +193,10 @@ class DetectionCompiler:
         return compiled
 
     def _keywords(self, values: list[SigmaType], linked_and: bool, cased: bool) -> Compiled:
-        def search(test: ValuePredicate) -> EventPredicate:
-            return lambda event: any(test(text) for text in text_values(event))
-
         def compiled(group: list[SigmaType]) -> Compiled:
+            search = compile_keywords(group, cased=cased)
             return Compiled(
-                search(compile_values(group, cased=cased, keyword=True)),
+                lambda event: search(text_values(event)),
                 value_needs(group, None, cased=cased, keyword=True),
             )
 

@@ -150,7 +150,7 @@ def _field_reader(key: FieldKey) -> Callable[[Mapping[str, Any]], tuple[str, ...
 
 
 def _keyword_reader(event: Mapping[str, Any]) -> tuple[str, ...]:
-    return (_JOIN.join(text.lower() for text in text_values(event)),)
+    return (_JOIN.join([text.lower() for text in text_values(event)]),)
 
 
 class Prefilter:

@@ -92,6 +92,7 @@ class _StringGroup:
         self.suffixes: list[str] = []
         self.infixes: list[str] = []
         self.patterns: list[str] = []
+        self.pattern_parts: list[list[str | SpecialChars]] = []
         self.any_value = False
 
     def add(self, value: SigmaString) -> None:
@@ -111,6 +112,7 @@ class _StringGroup:
             self.infixes.append(literals[0])
         else:
             self.patterns.append(_wildcard_regex(parts))
+            self.pattern_parts.append(parts)
 
     def predicate(self) -> ValuePredicate | None:
         if self.any_value:
@@ -255,6 +257,87 @@ def compile_values(
         if test is not None:
             tests.insert(0, test)
     return _any_of(tests)
+
+
+# Joins an event's strings for a keyword search: the first one that no keyword contains, so that
+# no keyword can be found across two strings.
+_SEPARATORS = ("\n", "\x00", "\x1f", "\uffff")
+
+
+def _within_one(parts: Sequence[str | SpecialChars], separator: str) -> str:
+    # "*a*b*" matches a whole string if "a", then "b", occur in it: a search that must not
+    # cross the separator between two strings.
+    inner = list(parts)
+    while inner and inner[0] is SpecialChars.WILDCARD_MULTI:
+        inner.pop(0)
+    while inner and inner[-1] is SpecialChars.WILDCARD_MULTI:
+        inner.pop()
+    gap = "[^" + re.escape(separator) + "]"
+    return "".join(
+        re.escape(p)
+        if isinstance(p, str)
+        else gap + "*"
+        if p is SpecialChars.WILDCARD_MULTI
+        else gap
+        for p in inner
+    )
+
+
+def compile_keywords(
+    values: Sequence[SigmaType], *, cased: bool = False
+) -> Callable[[Sequence[str]], bool]:
+    """Compile OR-linked keywords into one test on all the strings of an event.
+
+    The result is that of testing each string with ``compile_values(values, cased=cased,
+    keyword=True)``. When the keywords are plain strings (with wildcards), which is the common
+    case, the strings are joined and searched once instead of once per string and keyword.
+
+    Raises:
+        UnsupportedConstruct: As :func:`compile_values`.
+    """
+    test = compile_values(values, cased=cased, keyword=True)
+
+    def each(texts: Sequence[str]) -> bool:
+        return any(test(text) for text in texts)
+
+    folded, exact_case = _StringGroup(fold=True), _StringGroup(fold=False)
+    for value in _flatten(values):
+        if not isinstance(value, SigmaString):
+            return each
+        value = _anywhere(value)
+        (exact_case if cased or isinstance(value, SigmaCasedString) else folded).add(value)
+    groups = (folded, exact_case)
+    if any(g.any_value or g.exact or g.prefixes or g.suffixes for g in groups):
+        return each
+    literals = [p for g in groups for p in g.infixes] + [
+        p for g in groups for parts in g.pattern_parts for p in parts if isinstance(p, str)
+    ]
+    separator = next((s for s in _SEPARATORS if not any(s in lit for lit in literals)), None)
+    if separator is None:
+        return each
+
+    searches: list[tuple[bool, tuple[str, ...], Callable[[str], Any] | None]] = []
+    for group in groups:
+        patterns = [_within_one(parts, separator) for parts in group.pattern_parts]
+        search = re.compile("|".join(patterns)).search if patterns else None
+        if group.infixes or search is not None:
+            searches.append((group.fold, tuple(group.infixes), search))
+
+    def joined(texts: Sequence[str]) -> bool:
+        if not texts:
+            return False
+        for fold, infixes, search in searches:
+            text = separator.join([t.lower() for t in texts] if fold else texts)
+            if any(infix in text for infix in infixes):
+                return True
+            if search is not None:
+                if text.count(separator) != len(texts) - 1:
+                    return each(texts)  # a string holds the separator: search one by one
+                if search(text) is not None:
+                    return True
+        return False
+
+    return joined
 
 
 def value_needs(
