@@ -184,10 +184,9 @@ class Prefilter:
                 values[atom.field].add(atom, clause_id)
 
         self._lookups = [index.compile() for index in values.values()]
-        self.indexed = len(needs) - len(self._always)
         logger.debug(
             "prefilter: %d rules indexed by %d clauses on %d values, %d always evaluated",
-            self.indexed,
+            len(needs) - len(self._always),
             len(clause_ids),
             len(values),
             len(self._always),
