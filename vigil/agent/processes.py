@@ -6,9 +6,13 @@ into ``process.entity_id``; the kill responder recomputes the same id from ``/pr
 acts, so every sensor must derive it with :func:`read_start_ticks` and nothing else.
 
 The table maps each pid to the latest instance seen there. It is filled by :meth:`scan` at
-sensor start and updated by every exec, so parents that existed before the agent started are
-linked too. An exec keeps the pid and the start ticks of its fork, so it keeps the entity id of
-the forked process while its executable and command line change.
+sensor start and updated by every fork and exec, so parents that existed before the agent started
+are linked too. An exec keeps the pid and the start ticks of its fork, so it keeps the entity id
+of the forked process while its executable and command line change; a fork that never execs gets
+an entry of its own (:meth:`ProcessTable.fork`) holding its parent's program and a link to it.
+
+Each instance also carries what the agent knows of its ids (:class:`Creds`), its session and
+controlling terminal, and its cgroup with the container id found in it (:func:`container_id`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import logging
 import os
 import pwd
+import re
 import sys
 import threading
 import time
@@ -25,6 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from vigil.agent.audit.records import value_text
 from vigil.schema.ecs import entity_id, iso
 
 if TYPE_CHECKING:
@@ -44,6 +50,8 @@ class ProcStat:
     comm: str
     ppid: int
     start_ticks: int
+    session: int = 0
+    tty_nr: int = 0
 
 
 def read_stat(pid: int, proc: str = PROC) -> ProcStat | None:
@@ -59,7 +67,7 @@ def read_stat(pid: int, proc: str = PROC) -> ProcStat | None:
     if close < 0 or len(rest) < 20:
         return None
     comm = data[data.find(b"(") + 1 : close].decode("utf-8", errors="backslashreplace")
-    return ProcStat(pid, comm, int(rest[1]), int(rest[19]))
+    return ProcStat(pid, comm, int(rest[1]), int(rest[19]), int(rest[3]), int(rest[4]))
 
 
 def read_start_ticks(pid: int, proc: str = PROC) -> int | None:
@@ -86,6 +94,115 @@ def epoch_to_ticks(moment: float, booted: float) -> int:
     return max(0, int((moment - booted) * CLOCK_TICKS))
 
 
+def tty_device(tty_nr: int) -> tuple[int, int] | None:
+    """``(major, minor)`` of a ``tty_nr`` from ``/proc/<pid>/stat``; ``None`` without a tty.
+
+    The encoding is the kernel's ``new_encode_dev``: minor bits 0-7 and 20-31, major 8-19.
+    """
+    if tty_nr <= 0:
+        return None
+    return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+
+
+@dataclass(frozen=True)
+class Creds:
+    """The ids of a process: real, effective, saved and filesystem uid and gid."""
+
+    uid: int
+    euid: int
+    suid: int
+    fsuid: int
+    gid: int
+    egid: int
+    sgid: int
+    fsgid: int
+
+    @classmethod
+    def from_audit(cls, fields: dict[str, str]) -> Creds | None:
+        """The ids an audit SYSCALL record reports (as of the syscall's exit)."""
+        try:
+            return cls(*(int(fields[name]) for name in _CRED_NAMES))
+        except (KeyError, ValueError):
+            return None
+
+
+_CRED_NAMES = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Capability sets of a process, as bit masks."""
+
+    effective: int
+    permitted: int
+    inheritable: int
+
+
+def read_status(pid: int, proc: str = PROC) -> tuple[Creds | None, Caps | None]:
+    """Ids and capabilities from ``/proc/<pid>/status``; ``None`` for what is unreadable."""
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None, None
+    values: dict[bytes, list[bytes]] = {}
+    for line in data.splitlines():
+        name, _sep, rest = line.partition(b":")
+        if name in (b"Uid", b"Gid", b"CapEff", b"CapPrm", b"CapInh"):
+            values[name] = rest.split()
+    creds = caps = None
+    if len(values.get(b"Uid", ())) == 4 and len(values.get(b"Gid", ())) == 4:
+        creds = Creds(*(int(v) for v in values[b"Uid"] + values[b"Gid"]))
+    if all(len(values.get(name, ())) == 1 for name in (b"CapEff", b"CapPrm", b"CapInh")):
+        caps = Caps(*(int(values[name][0], 16) for name in (b"CapEff", b"CapPrm", b"CapInh")))
+    return creds, caps
+
+
+# Container runtimes name a container's cgroup after its 64-hex id: docker-<id>.scope
+# (systemd driver), /docker/<id> (cgroupfs driver), cri-containerd-<id>.scope, crio-<id>.scope,
+# libpod-<id>.scope (podman), /kubepods/.../<id> (runtime not named).
+_CONTAINER = re.compile(
+    r"(?:^|[/-])(docker|cri-containerd|containerd|crio|libpod)?"
+    r"[-/]?([0-9a-f]{64})(?:\.scope)?(?:/|$)"
+)
+_RUNTIMES = {
+    "docker": "docker",
+    "cri-containerd": "containerd",
+    "containerd": "containerd",
+    "crio": "cri-o",
+    "libpod": "podman",
+}
+
+
+def read_cgroup(pid: int, proc: str = PROC) -> str | None:
+    """The process's cgroup path: the v2 entry (``0::``), else the first v1 entry's path."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", "rb") as handle:
+            lines = handle.read().decode("utf-8", errors="backslashreplace").splitlines()
+    except OSError:
+        return None
+    paths = [line.split(":", 2) for line in lines if line.count(":") >= 2]
+    for hierarchy, _controllers, path in paths:
+        if hierarchy == "0":
+            return path
+    return paths[0][2] if paths else None
+
+
+def container_id(cgroup: str | None) -> tuple[str, str | None] | None:
+    """``(container id, runtime)`` from a cgroup path, or ``None`` outside a container.
+
+    The runtime is ``docker``, ``containerd``, ``cri-o`` or ``podman`` when the path names it.
+    """
+    if not cgroup:
+        return None
+    found = None
+    for match in _CONTAINER.finditer(cgroup):
+        found = match  # the innermost id wins (a container inside a pod's cgroup)
+    if found is None:
+        return None
+    return found.group(2), _RUNTIMES.get(found.group(1) or "")
+
+
 @dataclass(frozen=True)
 class ProcessInstance:
     """One process instance and what the agent knows about its current program."""
@@ -100,6 +217,11 @@ class ProcessInstance:
     ppid: int | None = None
     parent_entity_id: str | None = None
     exited: bool = False
+    creds: Creds | None = None
+    caps: Caps | None = None
+    session: int | None = None
+    tty_nr: int = 0
+    cgroup: str | None = None
 
 
 def _read_link(path: str) -> str | None:
@@ -162,6 +284,7 @@ class ProcessTable:
         args = _read_cmdline(pid, self.proc)
         executable = _read_link(f"{self.proc}/{pid}/exe")
         name = os.path.basename(executable) if executable else stat.comm
+        creds, caps = read_status(pid, self.proc)
         return ProcessInstance(
             pid=pid,
             start_ticks=stat.start_ticks,
@@ -171,6 +294,11 @@ class ProcessTable:
             command_line=" ".join(args) if args else None,
             args=tuple(args),
             ppid=stat.ppid,
+            creds=creds,
+            caps=caps,
+            session=stat.session,
+            tty_nr=stat.tty_nr,
+            cgroup=read_cgroup(pid, self.proc),
         )
 
     def scan(self) -> int:
@@ -196,7 +324,8 @@ class ProcessTable:
         ``live_ticks`` is what ``/proc/<pid>/stat`` said when the event arrived (``None`` if the
         process was already gone). A table entry whose start ticks differ belongs to an earlier
         process that held the pid and is never returned; the process now at the pid (a fork
-        that did not exec, say) is read from ``/proc`` and stored instead. Without ``/proc``,
+        the agent did not see, say) is read from ``/proc`` and stored instead, linked to its
+        parent, which is resolved the same way. Without ``/proc``,
         the table entry is trusted: events arrive in order, so it is the latest holder.
         """
         known = self.get(pid)
@@ -208,8 +337,53 @@ class ProcessTable:
         if current is None or current.start_ticks != live_ticks:
             # Gone or replaced since the event: all we know is its identity.
             current = ProcessInstance(pid, live_ticks, self.entity_id(pid, live_ticks))
+        elif current.ppid:
+            # The live parent started before its child; an older holder of its pid did not.
+            parent = self.resolve(current.ppid, read_start_ticks(current.ppid, self.proc))
+            if parent is not None and parent.start_ticks <= current.start_ticks:
+                current = replace(current, parent_entity_id=parent.entity_id)
         self.put(current)
         return current
+
+    def fork(self, parent: ProcessInstance, child: ProcStat) -> ProcessInstance | None:
+        """Record the child ``parent`` forked, read from ``/proc`` right after the fork.
+
+        The child runs its parent's program until it execs, so it gets the parent's program,
+        ids and cgroup, a link to the parent, and its own session and terminal from ``child``.
+        Nothing is recorded when ``child`` is not the parent's child (its pid was reused by
+        another process before it was read), or when the pid already holds that instance.
+
+        Returns:
+            The new entry, or ``None`` when nothing was recorded.
+        """
+        if child.ppid != parent.pid or child.start_ticks < parent.start_ticks:
+            return None
+        known = self.get(child.pid)
+        if known is not None and known.start_ticks == child.start_ticks:
+            return None
+        instance = replace(
+            parent,
+            pid=child.pid,
+            start_ticks=child.start_ticks,
+            entity_id=self.entity_id(child.pid, child.start_ticks),
+            ppid=parent.pid,
+            parent_entity_id=parent.entity_id,
+            exited=False,
+            session=child.session,
+            tty_nr=child.tty_nr,
+        )
+        self.put(instance)
+        return instance
+
+    def update(self, pid: int, start_ticks: int, **changes: Any) -> ProcessInstance | None:
+        """Change fields of the entry ``(pid, start_ticks)``; ``None`` if that is not known."""
+        with self._lock:
+            known = self._by_pid.get(pid)
+            if known is None or known.start_ticks != start_ticks:
+                return None
+            updated = replace(known, **changes)
+            self._by_pid[pid] = updated
+            return updated
 
     def mark_exited(self, pid: int, start_ticks: int) -> None:
         """Note that the instance ``(pid, start_ticks)`` ended; :meth:`prune` drops it later."""
@@ -349,6 +523,41 @@ def event_base(
     }
 
 
+def process_fields(
+    table: ProcessTable, pid: int, live_ticks: int | None, syscall: dict[str, str]
+) -> dict[str, Any]:
+    """ECS ``process`` of the process behind an audit event: identity, program, parent, context.
+
+    Args:
+        table: The shared process table.
+        pid: The process id the event names.
+        live_ticks: Its start ticks read from ``/proc`` when the event arrived (see
+            :meth:`ProcessTable.resolve`).
+        syscall: The event's SYSCALL record; its ``exe`` and ``comm`` name the program when
+            the process was gone before the agent could learn it.
+    """
+    instance = table.resolve(pid, live_ticks)
+    fields: dict[str, Any] = {"pid": pid}
+    executable = value_text(syscall.get("exe"))
+    if executable:
+        fields["executable"] = executable
+        fields["name"] = os.path.basename(executable)
+    if instance is None:
+        return fields
+    fields["entity_id"] = instance.entity_id
+    for key in ("executable", "name", "command_line"):
+        value = getattr(instance, key)
+        if value is not None:
+            fields[key] = value
+    parent: dict[str, Any] = {} if instance.ppid is None else {"pid": instance.ppid}
+    if instance.parent_entity_id:
+        parent["entity_id"] = instance.parent_entity_id
+    if parent:
+        fields["parent"] = parent
+    fields.update(context_fields(table, instance))
+    return fields
+
+
 def parent_fields(ppid: int | None, parent: ProcessInstance | None) -> dict[str, Any]:
     """``process.parent`` from the parent's table entry (pid only when it is unknown)."""
     fields: dict[str, Any] = {} if ppid is None else {"pid": ppid}
@@ -359,6 +568,37 @@ def parent_fields(ppid: int | None, parent: ProcessInstance | None) -> dict[str,
             if value is not None:
                 fields[key] = value
     return fields
+
+
+def context_fields(table: ProcessTable, instance: ProcessInstance) -> dict[str, Any]:
+    """``process.tty``, ``process.session_leader`` and ``process.cgroup`` of an instance.
+
+    The session leader is the process whose pid is the session id; a pid stays allocated while
+    a session uses it as its id, so the entry at that pid is the leader (or is gone).
+    """
+    fields: dict[str, Any] = {}
+    device = tty_device(instance.tty_nr)
+    if device is not None:
+        fields["tty"] = {"char_device": {"major": device[0], "minor": device[1]}}
+    if instance.session:
+        sid = instance.session
+        leader = instance if sid == instance.pid else table.get(sid)
+        if leader is None:
+            leader = table.resolve(sid, read_start_ticks(sid, table.proc))
+        if leader is not None:
+            fields["session_leader"] = {"pid": leader.pid, "entity_id": leader.entity_id}
+    if instance.cgroup:
+        fields["cgroup"] = {"path": instance.cgroup}
+    return fields
+
+
+def container_fields(instance: ProcessInstance | None) -> dict[str, Any]:
+    """ECS ``container`` (id and runtime) of an instance; empty outside a container."""
+    found = container_id(instance.cgroup if instance else None)
+    if found is None:
+        return {}
+    ident, runtime = found
+    return {"id": ident, "runtime": runtime} if runtime else {"id": ident}
 
 
 _user_names: dict[int, str | None] = {}
@@ -376,3 +616,15 @@ def user_fields(uid: int | str | None) -> dict[str, str]:
             _user_names[number] = None
     name = _user_names[number]
     return {"id": str(number), "name": name} if name else {"id": str(number)}
+
+
+def audit_users(fields: dict[str, str]) -> dict[str, Any]:
+    """ECS ``user`` from an audit SYSCALL record: real, ``effective`` and ``audit`` (login) uid."""
+    users: dict[str, Any] = user_fields(fields.get("uid"))
+    effective = user_fields(fields.get("euid"))
+    if effective:
+        users["effective"] = effective
+    audit = user_fields(fields.get("auid"))
+    if audit:
+        users["audit"] = audit
+    return users
