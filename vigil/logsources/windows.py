@@ -1,0 +1,364 @@
+"""Windows event records (Sysmon, Security, PowerShell, System...) as flat ECS events for Sigma.
+
+Every Windows-shaped reader (EVTX, Sigma's regression JSON, Winlogbeat and OTRF NDJSON, Azure
+Log Analytics exports, Sysmon for Linux) ends here, so one record looks the same whichever way
+it was collected:
+
+* the record's ``EventData`` (or ``UserData``) fields under their own names (``Image``,
+  ``CommandLine``, ``TargetFilename``, ``NewProcessName``...), as Sigma's Windows rules name them;
+* the ``System`` fields Sigma rules use: ``Channel``, ``EventID``, ``Provider_Name``,
+  ``Computer``;
+* the ECS fields Vigil's field map prefers, where they are a plain copy (``process.executable``,
+  ``process.command_line``, ``file.path``, ``destination.ip``, ``dns.question.name``...);
+* routing: ``host.os.type``, ``event.module`` (Sigma's service name for the channel, e.g.
+  ``security``, ``sysmon``, ``powershell``), ``event.category``/``event.type`` in ECS terms, and
+  ``vigil.sigma.category`` with the exact Sigma categories of the record (``registry_set``,
+  ``ps_script``...), for the log sources ECS has no words for.
+
+References:
+    Sigma's Windows log-source definitions (``service`` to channel, ``category`` to
+    channel and event id); Sysmon event ids (learn.microsoft.com, Sysinternals Sysmon);
+    ECS ``event.category``/``event.type`` allowed values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from vigil.logsources.base import Event, utc_timestamp
+
+logger = logging.getLogger(__name__)
+
+# Channel (lower case) -> Sigma service.
+SERVICES: dict[str, str] = {
+    "security": "security",
+    "system": "system",
+    "application": "application",
+    "microsoft-windows-sysmon/operational": "sysmon",
+    "linux-sysmon/operational": "sysmon",
+    "microsoft-windows-powershell/operational": "powershell",
+    "powershellcore/operational": "powershell",
+    "windows powershell": "powershell-classic",
+    "microsoft-windows-taskscheduler/operational": "taskscheduler",
+    "microsoft-windows-wmi-activity/operational": "wmi",
+    "microsoft-windows-windows defender/operational": "windefend",
+    "microsoft-windows-bits-client/operational": "bits-client",
+    "microsoft-windows-codeintegrity/operational": "codeintegrity-operational",
+    "microsoft-windows-appxdeploymentserver/operational": "appxdeployment-server",
+    "microsoft-windows-windows firewall with advanced security/firewall": "firewall-as",
+    "msexchange management": "msexchange-management",
+    "microsoft-windows-dns client events/operational": "dns-client",
+    "dns server": "dns-server",
+    "microsoft-windows-ntlm/operational": "ntlm",
+    "microsoft-windows-security-mitigations/kernel mode": "security-mitigations",
+    "microsoft-windows-security-mitigations/user mode": "security-mitigations",
+    "microsoft-windows-terminalservices-localsessionmanager/operational": (
+        "terminalservices-localsessionmanager"
+    ),
+    "microsoft-windows-smbclient/security": "smbclient-security",
+    "microsoft-windows-printservice/admin": "printservice-admin",
+    "microsoft-windows-printservice/operational": "printservice-operational",
+    "openssh/operational": "openssh",
+    "microsoft-windows-shell-core/operational": "shell-core",
+    "microsoft-windows-lsa/operational": "lsa-server",
+    "microsoft-windows-capi2/operational": "capi2",
+    "microsoft-windows-driverframeworks-usermode/operational": "driver-framework",
+    "microsoft-windows-diagnosis-scripted/operational": "diagnosis-scripted",
+    "microsoft-windows-appmodel-runtime/admin": "appmodel-runtime",
+}
+
+# Sysmon event id -> (Sigma categories, ECS event.category, ECS event.type).
+_SYSMON: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    1: (("process_creation",), ("process",), ("start",)),
+    2: (("file_change",), ("file",), ("change",)),
+    3: (("network_connection",), ("network",), ("connection", "start")),
+    4: (("sysmon_status",), ("configuration",), ("info",)),
+    5: (("process_termination",), ("process",), ("end",)),
+    6: (("driver_load",), ("driver",), ("start",)),
+    7: (("image_load",), ("library",), ("start",)),
+    8: (("create_remote_thread",), ("process",), ("change",)),
+    9: (("raw_access_thread",), ("file",), ("access",)),
+    10: (("process_access",), ("process",), ("access",)),
+    11: (("file_event",), ("file",), ("creation",)),
+    13: (("registry_set", "registry_event"), ("registry",), ("change",)),
+    14: (("registry_rename", "registry_event"), ("registry",), ("change",)),
+    15: (("create_stream_hash",), ("file",), ("info",)),
+    16: (("sysmon_status",), ("configuration",), ("change",)),
+    17: (("pipe_created",), ("file",), ("info",)),
+    18: (("pipe_created",), ("file",), ("info",)),
+    19: (("wmi_event",), ("configuration",), ("creation",)),
+    20: (("wmi_event",), ("configuration",), ("creation",)),
+    21: (("wmi_event",), ("configuration",), ("creation",)),
+    22: (("dns_query",), ("network",), ("protocol",)),
+    23: (("file_delete",), ("file",), ("deletion",)),
+    24: (("clipboard_capture",), ("process",), ("info",)),
+    25: (("process_tampering",), ("process",), ("change",)),
+    26: (("file_delete_detected",), ("file",), ("info",)),
+    27: (("file_block_executable",), ("file",), ("denied",)),
+    28: (("file_block_shredding",), ("file",), ("denied",)),
+    29: (("file_executable_detected",), ("file",), ("info",)),
+    255: (("sysmon_error",), ("configuration",), ("error",)),
+}
+# Only the ids whose Sigma category Vigil routes on ECS terms (process start and end, file
+# creation, change and deletion, network, DNS) use those ECS types; the others use types the
+# routing ignores (info, access, change of a process), so they are never misrouted.
+
+# (service, event id) -> Sigma categories, for non-Sysmon channels.
+_OTHER: dict[tuple[str, int], tuple[str, ...]] = {
+    ("security", 4688): ("process_creation",),
+    ("powershell", 4103): ("ps_module",),
+    ("powershell", 4104): ("ps_script",),
+    ("powershell-classic", 400): ("ps_classic_start",),
+    ("powershell-classic", 600): ("ps_classic_provider_start",),
+    ("powershell-classic", 800): ("ps_classic_script",),
+}
+
+# EventData name -> ECS name, copied whenever the record has the field.
+_ECS_COPIES: dict[str, str] = {
+    "Image": "process.executable",
+    "CommandLine": "process.command_line",
+    "CurrentDirectory": "process.working_directory",
+    "ProcessId": "process.pid",
+    "ProcessGuid": "process.entity_id",
+    "OriginalFileName": "process.pe.original_file_name",
+    "Product": "process.pe.product",
+    "Company": "process.pe.company",
+    "Description": "process.pe.description",
+    "FileVersion": "process.pe.file_version",
+    "ParentImage": "process.parent.executable",
+    "ParentCommandLine": "process.parent.command_line",
+    "ParentProcessId": "process.parent.pid",
+    "ParentProcessGuid": "process.parent.entity_id",
+    "ParentUser": "process.parent.user.name",
+    "User": "user.name",
+    "TargetFilename": "file.path",
+    "SourceIp": "source.ip",
+    "SourcePort": "source.port",
+    "SourceHostname": "source.domain",
+    "DestinationIp": "destination.ip",
+    "DestinationPort": "destination.port",
+    "DestinationHostname": "destination.domain",
+    "Protocol": "network.transport",
+    "QueryName": "dns.question.name",
+    "QueryResults": "dns.answers.data",
+    "QueryStatus": "dns.response_code",
+    "ImageLoaded": "dll.path",
+    "TargetObject": "registry.path",
+}
+
+# Security 4688 names its fields differently; Sigma's mapping for it (NewProcessName is the
+# Image, the "ProcessId" of 4688 is the creator, i.e. the parent).
+_SECURITY_4688: dict[str, str] = {
+    "NewProcessName": "process.executable",
+    "CommandLine": "process.command_line",
+    "NewProcessId": "process.pid",
+    "ParentProcessName": "process.parent.executable",
+    "ProcessId": "process.parent.pid",
+    "SubjectUserName": "user.name",
+}
+
+_LOGONS = {4624: "success", 4625: "failure"}
+
+# A raw field whose name is an ECS namespace (or dotted) would break the nested form of the
+# event; such names are kept under winlog.event_data instead.
+_RESERVED = frozenset(
+    (
+        "process", "file", "source", "destination", "network", "dns", "dll", "registry", "user",
+        "host", "event", "log", "winlog", "vigil", "agent", "ecs", "related", "message",
+    )
+)  # fmt: skip
+
+
+def service_of(channel: str | None) -> str | None:
+    """Sigma's service name for a Windows channel (``Security`` -> ``security``), or None."""
+    if not channel:
+        return None
+    lowered = channel.lower()
+    return SERVICES.get(lowered, lowered)
+
+
+def windows_event(
+    *,
+    data: Mapping[str, Any],
+    event_id: int | None,
+    channel: str | None,
+    provider: str | None,
+    computer: str | None,
+    timestamp: str | None,
+    path: str,
+    record_id: Any = None,
+    os_type: str = "windows",
+) -> Event:
+    """One Windows (or Sysmon for Linux) record as a flat ECS event for Sigma.
+
+    Args:
+        data: The record's EventData/UserData fields by name; None values become ``""``.
+        event_id: The event id (``System/EventID``).
+        channel: ``System/Channel``.
+        provider: ``System/Provider/@Name``.
+        computer: ``System/Computer``.
+        timestamp: ``@timestamp`` already in UTC ISO 8601, or None.
+        path: The file the record came from (``log.file.path``).
+        record_id: ``System/EventRecordID``, kept as ``winlog.record_id``.
+        os_type: ``windows``, or ``linux`` for Sysmon for Linux.
+
+    Returns:
+        The flat event; see the module docstring for its fields.
+    """
+    event: Event = {}
+    for name, value in data.items():
+        key = f"winlog.event_data.{name}" if name in _RESERVED or "." in name else name
+        event[key] = "" if value is None else value
+
+    event["log.file.path"] = path
+    if timestamp is not None:
+        event["@timestamp"] = timestamp
+    event["host.os.type"] = os_type
+    event["event.kind"] = "event"
+    if event_id is not None:
+        event["EventID"] = event_id
+        event["event.code"] = str(event_id)
+        event["winlog.event_id"] = event_id
+    if channel is not None:
+        event["Channel"] = channel
+        event["winlog.channel"] = channel
+    if provider is not None:
+        event["Provider_Name"] = provider
+        event["event.provider"] = provider
+        event["winlog.provider_name"] = provider
+    if computer is not None:
+        event["Computer"] = computer
+        event["host.name"] = computer
+    if record_id is not None:
+        event["winlog.record_id"] = record_id
+
+    service = service_of(channel)
+    if service is not None:
+        event["event.module"] = service
+    _classify(event, service, event_id, data)
+    return event
+
+
+def _classify(
+    event: Event, service: str | None, event_id: int | None, data: Mapping[str, Any]
+) -> None:
+    """Set the ECS copies, the ECS category and type, and the Sigma categories."""
+    if service == "security" and event_id == 4688:
+        _copy(event, data, _SECURITY_4688)
+    else:
+        _copy(event, data, _ECS_COPIES)
+
+    sigma: tuple[str, ...] = ()
+    if service == "sysmon" and event_id is not None:
+        known = _SYSMON.get(event_id)
+        if known is not None:
+            sigma, categories, types = known
+            event["event.category"] = list(categories)
+            event["event.type"] = list(types)
+        elif event_id == 12:
+            sigma, kind = _registry_key_event(data)
+            event["event.category"] = ["registry"]
+            event["event.type"] = [kind]
+        if "Initiated" in data:
+            initiated = str(data["Initiated"]).lower() == "true"
+            event["network.direction"] = "egress" if initiated else "ingress"
+    elif service is not None and event_id is not None:
+        sigma = _OTHER.get((service, event_id), ())
+        if sigma == ("process_creation",):
+            event["event.category"] = ["process"]
+            event["event.type"] = ["start"]
+        elif service == "security" and event_id in _LOGONS:
+            event["event.category"] = ["authentication"]
+            event["event.type"] = ["start"]
+            event["event.outcome"] = _LOGONS[event_id]
+            _copy(event, data, {"TargetUserName": "user.name", "IpAddress": "source.ip"})
+    if sigma:
+        event["vigil.sigma.category"] = list(sigma)
+
+
+def _registry_key_event(data: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    # Sysmon 12 is both "key or value created" and "key or value deleted": EventType tells.
+    kind = str(data.get("EventType", "")).lower()
+    if kind.startswith("delete"):
+        return ("registry_delete", "registry_event"), "deletion"
+    return ("registry_add", "registry_event"), "creation"
+
+
+def _copy(event: Event, data: Mapping[str, Any], table: Mapping[str, str]) -> None:
+    for name, ecs in table.items():
+        if name in data:
+            value = data[name]
+            event[ecs] = "" if value is None else value
+
+
+def from_evtx_json(document: Mapping[str, Any], path: str) -> Event:
+    """A record in the JSON shape of the ``evtx`` package (``{"Event": {"System": ...}}``).
+
+    Sigma's regression ``.json`` files are this shape too.
+
+    Raises:
+        KeyError: The document has no ``Event``/``System``.
+        TypeError: ``Event`` or ``System`` is not an object.
+    """
+    record = document["Event"]
+    system = record["System"]
+    provider = system.get("Provider")
+    provider_name = _attribute(provider, "Name")
+    created = _attribute(system.get("TimeCreated"), "SystemTime")
+    return windows_event(
+        data=_record_data(record),
+        event_id=_event_id(system.get("EventID")),
+        channel=_text(system.get("Channel")),
+        provider=provider_name,
+        computer=_text(system.get("Computer")),
+        timestamp=utc_timestamp(created),
+        path=path,
+        record_id=system.get("EventRecordID"),
+    )
+
+
+def _record_data(record: Mapping[str, Any]) -> dict[str, Any]:
+    """EventData fields by name; unnamed ``<Data>`` as ``Data``; UserData's inner element."""
+    fields: dict[str, Any] = {}
+    for section in ("EventData", "UserData"):
+        part = record.get(section)
+        if not isinstance(part, Mapping):
+            continue
+        if section == "UserData" and len(part) == 1:
+            # <UserData><LogFileCleared ...>fields</LogFileCleared></UserData>
+            inner = next(iter(part.values()))
+            part = inner if isinstance(inner, Mapping) else part
+        for name, value in part.items():
+            if name == "#attributes":
+                continue
+            if isinstance(value, Mapping):
+                value = value.get("#text", "")
+            fields[name] = value
+    return fields
+
+
+def _attribute(element: Any, name: str) -> str | None:
+    if isinstance(element, Mapping):
+        attributes = element.get("#attributes")
+        if isinstance(attributes, Mapping):
+            value = attributes.get(name)
+            return None if value is None else str(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("#text")
+    return None if value is None else str(value)
+
+
+def _event_id(value: Any) -> int | None:
+    # <EventID Qualifiers="16384">7036</EventID> comes as {"#attributes": ..., "#text": 7036}.
+    if isinstance(value, Mapping):
+        value = value.get("#text")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
