@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import logutil
-from vigil.cli import output
+from vigil.cli import output, scan
 from vigil.cli.client import ApiClient, CliError
 from vigil.errors import VigilError
 
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_sub.add_parser("list", parents=[common])
     task_show = tasks_sub.add_parser("show", parents=[common])
     task_show.add_argument("task_id")
+
+    scan.add_parser(sub, parents=[common])
     return parser
 
 
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("up", "server", "agent"):
             return _run_long(args)
+        if args.command == "scan":
+            return scan.run(args)
         result = _api_call(args, ApiClient.from_environment(_data_dir(args)))
     except (CliError, VigilError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)

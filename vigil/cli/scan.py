@@ -1,0 +1,324 @@
+"""``vigil scan``: run Sigma rules over log files offline, without a server.
+
+Files and folders (searched recursively) are offered to the log-source readers
+(:mod:`vigil.logsources`); each file goes to the first reader that recognises it, its events go
+through :meth:`vigil.detect.RuleSet.match`, and every detection is written as JSON lines, CSV or
+a table. A summary by rule and level closes the run (on stderr unless the format is ``table``).
+
+Exit status: 0 when the scan ran, with detections or without; 2 for bad input (a path that does
+not exist, a file no reader recognises when named on the command line, a corrupt file, an
+option that cannot be honoured). Rules that do not load are reported once each and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+from vigil.cli.output import table
+from vigil.detect import Rule, RuleSet, builtin_rules_dir
+from vigil.detect.fieldmap import default_fieldmap
+from vigil.detect.ruleset import load_file, rule_files
+from vigil.logsources.base import Event, reader_for
+from vigil.logsources.errors import LogSourceError, NoReader
+from vigil.schema.ecs import unflatten
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("informational", "low", "medium", "high", "critical")
+FORMATS = ("jsonl", "csv", "table")
+CSV_COLUMNS = ("@timestamp", "level", "rule.id", "rule.title", "attack", "host", "file", "what")
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+# Show a progress bar only once a run has taken this long (seconds), and redraw at most this often.
+PROGRESS_AFTER = 1.0
+PROGRESS_EVERY = 0.2
+# Event fields that say in a word what a detection is about, for the csv and table formats.
+_WHAT = (
+    "process.command_line",
+    "file.path",
+    "registry.path",
+    "dns.question.name",
+    "destination.ip",
+    "process.executable",
+)
+
+
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Register the ``scan`` subcommand on the ``vigil`` command's subparsers."""
+    scan = sub.add_parser(
+        "scan",
+        parents=list(parents),
+        help="run Sigma rules over log files offline (EVTX, JSON, auditd, auth logs)",
+        description=(
+            "Run the built-in Sigma rules (and any --rules folders) over log files and folders, "
+            "without a server. Formats are recognised by content."
+        ),
+    )
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="a log file or folder (recursive)")
+    scan.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a Sigma rule file or folder to load besides the built-in rules; repeatable",
+    )
+    scan.add_argument(
+        "--intel",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a threat-intelligence file to match events against; repeatable (not available yet)",
+    )
+    scan.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: table on a terminal, jsonl otherwise)",
+    )
+    scan.add_argument(
+        "--min-level", choices=LEVELS, default="informational", help="report this level or higher"
+    )
+    scan.add_argument("--output", type=Path, metavar="FILE", help="write detections here")
+
+
+@dataclass
+class ScanStats:
+    """What a scan went through, for the closing summary."""
+
+    files: int = 0
+    events: int = 0
+    warnings: int = 0
+    failed_files: list[str] = field(default_factory=list)
+    skipped_files: int = 0
+    by_rule: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    @property
+    def detections(self) -> int:
+        """How many detections were reported."""
+        return sum(self.by_rule.values())
+
+
+def detection(rule: Rule, event: Event) -> dict[str, Any]:
+    """One detection as written to JSON lines: rule, ATT&CK, time, the nested event, file."""
+    found: dict[str, Any] = {
+        "rule": {"id": rule.id, "title": rule.title, "level": rule.level},
+        "attack": {
+            "techniques": list(rule.attack_techniques),
+            "tactics": list(rule.attack_tactics),
+        },
+    }
+    if "@timestamp" in event:
+        found["@timestamp"] = event["@timestamp"]
+    found["event"] = unflatten(event)
+    found["log"] = {"file": {"path": event.get("log.file.path")}}
+    return found
+
+
+def load_rules(paths: Sequence[str | Path], err: TextIO) -> RuleSet:
+    """Load the rules, reporting each rule that does not load once on ``err``."""
+    fieldmap = default_fieldmap()
+    rules: list[Rule] = []
+    errors = []
+    for path in rule_files(paths):
+        loaded, failed = load_file(path, fieldmap)
+        rules.extend(loaded)
+        errors.extend(failed)
+    for error in errors:
+        print(f"vigil scan: rule not loaded: {error}", file=err)
+    return RuleSet(rules, errors)
+
+
+def scan_files(paths: Sequence[Path]) -> Iterator[tuple[Path, bool]]:
+    """Every file to scan, and whether it was named on the command line; folders recursively."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    yield child, False
+        else:
+            yield path, True
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal and only for long runs."""
+
+    def __init__(self, total: int, err: TextIO) -> None:
+        self.total = total
+        self.err = err
+        self.enabled = err.isatty()
+        self.started = time.monotonic()
+        self.drawn = 0.0
+
+    def update(self, done: int, events: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.started < PROGRESS_AFTER or (now - self.drawn < PROGRESS_EVERY and not force):
+            return
+        self.drawn = now
+        width = 30
+        filled = width * done // max(self.total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        self.err.write(f"\r[{bar}] {done}/{self.total} files  {events:,} events")
+        self.err.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.drawn:
+            self.err.write("\r\033[K")
+            self.err.flush()
+
+
+class _Writer:
+    """Writes detections in one format; the table format collects rows until the end."""
+
+    def __init__(self, fmt: str, out: TextIO) -> None:
+        self.fmt = fmt
+        self.out = out
+        self.rows: list[list[Any]] = []
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(CSV_COLUMNS)
+
+    def write(self, rule: Rule, event: Event) -> None:
+        if self.fmt == "jsonl":
+            line = json.dumps(detection(rule, event), ensure_ascii=False, default=str)
+            self.out.write(line + "\n")
+            return
+        what = next((event[key] for key in _WHAT if event.get(key) not in (None, "")), "")
+        row = [
+            event.get("@timestamp", ""),
+            rule.level,
+            rule.id,
+            rule.title,
+            " ".join(rule.attack_techniques),
+            event.get("host.name", ""),
+            event.get("log.file.path", ""),
+            what,
+        ]
+        if self.csv is not None:
+            self.csv.writerow(row)
+        else:
+            self.rows.append([row[0], row[1], row[3], row[4], Path(str(row[6])).name, row[7]])
+
+    def close(self) -> None:
+        if self.fmt == "table" and self.rows:
+            headers = ["TIME", "LEVEL", "RULE", "ATT&CK", "FILE", "WHAT"]
+            self.out.write(table(headers, self.rows) + "\n\n")
+
+
+def _rank(level: str) -> int:
+    # A level outside Sigma's scale counts as medium, as the engine treats a missing level.
+    return LEVELS.index(level) if level in LEVELS else LEVELS.index("medium")
+
+
+def summary(stats: ScanStats, seconds: float) -> str:
+    """The closing summary: detections by rule and level, then the totals."""
+    ordered = sorted(stats.by_rule.items(), key=lambda item: (-_rank(item[0][1]), -item[1]))
+    lines = []
+    if ordered:
+        rows = [[level, count, title, rule_id] for (rule_id, level, title), count in ordered]
+        lines.append(table(["LEVEL", "COUNT", "RULE", "ID"], rows))
+    lines.append(
+        f"{stats.detections} detections from {stats.files} files, {stats.events:,} events "
+        f"in {seconds:.1f}s ({stats.warnings} record warnings, {len(stats.failed_files)} files "
+        f"failed, {stats.skipped_files} files not recognised)"
+    )
+    return "\n".join(lines)
+
+
+def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run ``vigil scan`` with parsed arguments, writing detections to ``out``.
+
+    Returns:
+        The exit status: 0 when the scan ran, 2 for bad input.
+    """
+    if args.intel:
+        # TODO(#4): match events against threat intelligence once vigil.intel offers a stable
+        # index API (another engineer is building it); until then refuse rather than ignore it.
+        print(
+            "vigil scan: --intel is not available yet (threat-intel matching in scan is not "
+            "built); run without --intel",
+            file=err,
+        )
+        return EXIT_BAD_INPUT
+    paths = [Path(p) for p in args.paths]
+    missing = [str(p) for p in [*paths, *map(Path, args.rules)] if not p.exists()]
+    if missing:
+        print(f"vigil scan: no such file or folder: {', '.join(missing)}", file=err)
+        return EXIT_BAD_INPUT
+
+    rules = load_rules([builtin_rules_dir(), *args.rules], err)
+    fmt = args.format or ("table" if out.isatty() else "jsonl")
+    minimum = LEVELS.index(args.min_level)
+    status = EXIT_OK
+    stats = ScanStats()
+    started = time.monotonic()
+    files = list(scan_files(paths))
+    progress = _Progress(len(files), err)
+    writer = _Writer(fmt, out)
+
+    for done, (path, named) in enumerate(files, start=1):
+        progress.update(done - 1, stats.events)
+        try:
+            reader = reader_for(path)
+        except NoReader as exc:
+            stats.skipped_files += 1
+            if named:
+                print(f"vigil scan: {exc}", file=err)
+                status = EXIT_BAD_INPUT
+            logger.debug("%s", exc)
+            continue
+        except LogSourceError as exc:
+            print(f"vigil scan: {exc}", file=err)
+            stats.failed_files.append(str(path))
+            status = EXIT_BAD_INPUT
+            continue
+
+        stats.files += 1
+        try:
+            for event in reader.read(path):
+                stats.events += 1
+                for rule in rules.match(event):
+                    if _rank(rule.level) >= minimum:
+                        stats.by_rule[(rule.id, rule.level, rule.title)] += 1
+                        writer.write(rule, event)
+                if stats.events % 4096 == 0:
+                    progress.update(done - 1, stats.events)
+        except LogSourceError as exc:
+            print(f"vigil scan: {exc}", file=err)
+            stats.failed_files.append(str(path))
+            status = EXIT_BAD_INPUT
+        warned = sum(reader.warnings.values())
+        if warned:
+            stats.warnings += warned
+            kinds = ", ".join(f"{kind} x{count}" for kind, count in reader.warnings.items())
+            print(f"vigil scan: {path}: {warned} records skipped ({kinds})", file=err)
+
+    progress.update(len(files), stats.events, force=True)
+    progress.close()
+    writer.close()
+    closing = summary(stats, time.monotonic() - started)
+    print(closing, file=out if fmt == "table" else err)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point from ``vigil scan``: open ``--output`` if given and scan."""
+    if args.output is None:
+        return scan(args, sys.stdout, sys.stderr)
+    try:
+        handle: IO[str] = args.output.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        print(f"vigil scan: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with handle:
+        return scan(args, handle, sys.stderr)
