@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 from vigil.cli.output import table
 from vigil.detect import Rule, RuleSet, builtin_rules_dir
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         return scan(args, sys.stdout, sys.stderr)
     try:
-        handle: IO[str] = args.output.open("w", encoding="utf-8", newline="")
+        handle: TextIO = args.output.open("w", encoding="utf-8", newline="")
     except OSError as exc:
         print(f"vigil scan: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
