@@ -1,9 +1,9 @@
 """Keeping the agent within its CPU and memory budget.
 
 Every few seconds the watchdog samples the agent process's CPU use and resident memory. When
-the average over the last minute is over budget, it stops the running sensor with the lowest
-``shed_order`` (the cheapest to lose) and says so in the sensor's health and in the log; it
-sheds one sensor per minute until the agent is back within budget. A shed sensor stays off
+the average over the last five minutes is over budget, it stops the running sensor with the
+lowest ``shed_order`` (the cheapest to lose) and says so in the sensor's health and in the log;
+it sheds one sensor per five minutes until the agent is back within budget. A shed sensor stays off
 until the agent restarts: a sensor that blew the budget once will do it again.
 """
 
@@ -22,7 +22,7 @@ from vigil.agent.sensors.base import NEVER_SHED, Sensor
 log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 5.0
-WINDOW = 12  # samples: one minute
+WINDOW = 60  # samples: five minutes, so bursts and start-up are averaged out
 
 
 class Watchdog:
