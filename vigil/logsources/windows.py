@@ -24,8 +24,10 @@ References:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
+from xml.etree import ElementTree
 
 from vigil.logsources.base import Event, utc_timestamp
 
@@ -362,3 +364,137 @@ def _event_id(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def from_event_xml(text: str, path: str, timestamp: str | None = None) -> tuple[Event, bool]:
+    """A record rendered as ``<Event>`` XML (Sysmon for Linux writes these to syslog).
+
+    Well-formed XML is parsed as XML. Sysmon for Linux writes some entities without their
+    semicolon (``&lt unknown process&gt ``) and syslog cuts long records (about 2 KB), so a
+    record that is not well-formed is read leniently: the ``System`` values and every complete
+    ``<Data Name=...>`` element are taken, the entities repaired.
+
+    A ``Linux-Sysmon`` provider makes the event a Linux one (``host.os.type`` ``linux``).
+
+    Args:
+        text: The ``<Event>...</Event>`` XML.
+        path: The file it came from.
+        timestamp: The time to use when the XML has no ``TimeCreated``.
+
+    Returns:
+        The event, and whether the record was complete (False: it was cut short).
+
+    Raises:
+        ValueError: The text has no ``<System>`` with an ``EventID``.
+    """
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError:
+        system, data, complete = _lenient_event_xml(text)
+    else:
+        system, data, complete = _element_event_xml(root), {}, True
+        data_element = _child(root, "EventData")
+        if data_element is not None:
+            data = event_data_fields(data_element)
+    if system.get("EventID") is None:
+        raise ValueError("event XML has no <System><EventID>")
+    provider = system.get("Provider")
+    event = windows_event(
+        data=data,
+        event_id=_event_id(system.get("EventID")),
+        channel=system.get("Channel"),
+        provider=provider,
+        computer=system.get("Computer"),
+        timestamp=utc_timestamp(system.get("SystemTime")) or timestamp,
+        path=path,
+        record_id=system.get("EventRecordID"),
+        os_type="linux" if provider == "Linux-Sysmon" else "windows",
+    )
+    return event, complete
+
+
+def _element_event_xml(root: ElementTree.Element) -> dict[str, str | None]:
+    system = _child(root, "System")
+    if system is None:
+        return {}
+    provider = _child(system, "Provider")
+    created = _child(system, "TimeCreated")
+    values = {name: _child_text(system, name) for name in _SYSTEM_TEXT}
+    values["Provider"] = provider.get("Name") if provider is not None else None
+    values["SystemTime"] = created.get("SystemTime") if created is not None else None
+    return values
+
+
+_SYSTEM_TEXT = ("EventID", "Channel", "Computer", "EventRecordID")
+_XML_TEXT = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in _SYSTEM_TEXT}
+_XML_PROVIDER = re.compile(r"<Provider\b[^>]*\bName=\"([^\"]*)\"")
+_XML_TIME = re.compile(r"<TimeCreated\b[^>]*\bSystemTime=\"([^\"]*)\"")
+_XML_DATA = re.compile(r"<Data Name=\"([^\"]+)\">([^<]*)</Data>|<Data Name=\"([^\"]+)\"\s*/>")
+_XML_ENTITY = re.compile(r"&(lt|gt|quot|amp|apos)[; ]")
+_ENTITIES = {"lt": "<", "gt": ">", "quot": '"', "amp": "&", "apos": "'"}
+
+
+def _unescape(text: str) -> str:
+    return _XML_ENTITY.sub(lambda match: _ENTITIES[match.group(1)], text)
+
+
+def _lenient_event_xml(text: str) -> tuple[dict[str, str | None], dict[str, Any], bool]:
+    system: dict[str, str | None] = {}
+    for name, pattern in _XML_TEXT.items():
+        match = pattern.search(text)
+        system[name] = _unescape(match.group(1)) if match else None
+    provider = _XML_PROVIDER.search(text)
+    system["Provider"] = provider.group(1) if provider else None
+    created = _XML_TIME.search(text)
+    system["SystemTime"] = created.group(1) if created else None
+    data: dict[str, Any] = {}
+    for match in _XML_DATA.finditer(text):
+        if match.group(1) is not None:
+            data[match.group(1)] = _unescape(match.group(2))
+        else:
+            data[match.group(3)] = ""
+    return system, data, text.rstrip().endswith("</Event>")
+
+
+def event_data_xml(text: str) -> dict[str, Any]:
+    """The fields of an ``<EventData>`` XML fragment (Azure's SecurityEvent ``EventData``).
+
+    Raises:
+        ValueError: The text is not well-formed XML.
+    """
+    try:
+        return event_data_fields(ElementTree.fromstring(text))
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"not well-formed EventData XML: {exc}") from exc
+
+
+def event_data_fields(element: ElementTree.Element) -> dict[str, Any]:
+    """``<Data Name="X">v</Data>`` children by name; unnamed ones as a ``Data`` list."""
+    fields: dict[str, Any] = {}
+    unnamed: list[str] = []
+    for data in element:
+        name = data.get("Name")
+        value = data.text or ""
+        if name:
+            fields[name] = value
+        else:
+            unnamed.append(value)
+    if unnamed:
+        fields["Data"] = unnamed if len(unnamed) > 1 else unnamed[0]
+    return fields
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _child(element: ElementTree.Element, name: str) -> ElementTree.Element | None:
+    for child in element:
+        if _local(child.tag) == name:
+            return child
+    return None
+
+
+def _child_text(element: ElementTree.Element, name: str) -> str | None:
+    child = _child(element, name)
+    return None if child is None else (child.text or "")
