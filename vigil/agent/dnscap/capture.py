@@ -175,7 +175,7 @@ class PacketCapture:
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer_bytes)
             if interface:
-                sock.bind((interface, socket.htons(ETH_P_ALL)))
+                sock.bind((interface, ETH_P_ALL))  # Python converts to network order here
             sock.setblocking(False)
         except OSError as exc:
             sock.close()

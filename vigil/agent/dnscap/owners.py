@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 from collections import OrderedDict
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,10 @@ class SocketOwners:
         """Forget the socket tables: the next lookup reads them again."""
         self._tables.clear()
 
-    def _table(self, transport: str) -> Table:
-        table = self._tables.get(transport)
+    def _table(self, name: str) -> Table:
+        table = self._tables.get(name)
         if table is None:
-            table = read_table(f"{self.proc}/net/{transport}")
-            for port, entries in read_table(f"{self.proc}/net/{transport}6").items():
-                table.setdefault(port, []).extend(entries)
-            self._tables[transport] = table
+            table = self._tables[name] = read_table(f"{self.proc}/net/{name}")
         return table
 
     def inode(
@@ -115,8 +113,20 @@ class SocketOwners:
         """
         local = address_key(local_ip)
         peer = address_key(peer_ip)
+        # IPv4 traffic comes from udp/tcp sockets or from dual-stack ones in udp6/tcp6.
+        names = [transport, f"{transport}6"] if ":" not in local_ip else [f"{transport}6"]
+        for name in names:
+            inode = self._match(self._table(name).get(local_port, ()), local, peer, peer_port)
+            if inode is not None:
+                return inode
+        return None
+
+    @staticmethod
+    def _match(
+        entries: Iterable[tuple[bytes, bytes, int, int]], local: bytes, peer: bytes, peer_port: int
+    ) -> int | None:
         best: tuple[int, int] | None = None
-        for bound, remote, remote_port, inode in self._table(transport).get(local_port, ()):
+        for bound, remote, remote_port, inode in entries:
             if bound != local and bound not in _ANY:
                 continue
             if remote_port and (remote, remote_port) != (peer, peer_port):
@@ -143,42 +153,49 @@ class SocketOwners:
 
     def _scan(self, wanted: int) -> int | None:
         self.scans += 1
+        target = f"socket:[{wanted}]"
+        budget = [self.link_budget]
+        # Recent owners first, before even listing /proc: long-lived resolvers ask again.
+        for pid in list(self._recent):
+            if self._holds(pid, target, budget):
+                return pid
         try:
             pids = [int(entry) for entry in os.listdir(self.proc) if entry.isdigit()]
         except OSError:
             return None
-        current = set(pids)
+        self._known_pids &= set(pids)
         pids.sort(reverse=True)
-        order = [pid for pid in self._recent if pid in current]
-        order += [pid for pid in pids if pid not in self._known_pids and pid not in self._recent]
+        # Then processes started since the last scan: short-lived resolvers are among them.
+        order = [pid for pid in pids if pid not in self._known_pids and pid not in self._recent]
         order += [pid for pid in pids if pid in self._known_pids and pid not in self._recent]
-        self._known_pids &= current
-        budget = self.link_budget
-        target = f"socket:[{wanted}]"
         for pid in order:
-            directory = f"{self.proc}/{pid}/fd"
-            try:
-                fds = os.listdir(directory)
-            except OSError:
-                continue
-            self._known_pids.add(pid)
-            found = False
-            for fd in fds:
-                budget -= 1
-                try:
-                    link = os.readlink(f"{directory}/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    self._remember(int(link[8:-1]), pid)
-                    found = found or link == target
-            if found:
+            if self._holds(pid, target, budget):
                 return pid
-            if budget <= 0:
+            if budget[0] <= 0:
                 self.exhausted += 1
                 log.debug("owner scan for socket %d stopped at its budget of fd links", wanted)
                 return None
         return None
+
+    def _holds(self, pid: int, target: str, budget: list[int]) -> bool:
+        """Whether ``pid`` has the socket ``target`` open; remembers every socket seen."""
+        directory = f"{self.proc}/{pid}/fd"
+        try:
+            fds = os.listdir(directory)
+        except OSError:
+            return False
+        self._known_pids.add(pid)
+        found = False
+        for fd in fds:
+            budget[0] -= 1
+            try:
+                link = os.readlink(f"{directory}/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                self._remember(int(link[8:-1]), pid)
+                found = found or link == target
+        return found
 
     def _remember(self, inode: int, pid: int) -> None:
         self._owners[inode] = pid

@@ -110,6 +110,14 @@ def _direction(frame: Frame, from_client: bool) -> str:
     return "unknown"
 
 
+def _local_query(frame: Frame, segment: Segment) -> bool:
+    """A query (QR bit clear) sent by this host, judged from the header bytes alone."""
+    if frame.hatype != ARPHRD_LOOPBACK and frame.pkttype != PACKET_OUTGOING:
+        return False
+    flags = 2 if segment.transport == "udp" else 4  # past the TCP length prefix
+    return len(segment.payload) > flags and not segment.payload[flags] & 0x80
+
+
 class DnsCaptureSensor(Sensor):
     """Emits one ``network`` event per DNS transaction: question, answers and querying process."""
 
@@ -222,10 +230,7 @@ class DnsCaptureSensor(Sensor):
             try:
                 frames = self._capture.read(_POLL, _BATCH)
                 if frames:
-                    # One read of the socket tables serves the batch: it is newer than each packet.
-                    self._owners.refresh()
-                    for frame in frames:
-                        self._frame(frame)
+                    self._batch(frames)
                 self._expire(time.time())
                 if time.monotonic() - last_statistics >= _STATISTICS_INTERVAL:
                     last_statistics = time.monotonic()
@@ -246,19 +251,35 @@ class DnsCaptureSensor(Sensor):
             self.count("dropped", dropped)
             log.warning("dns_capture: the kernel dropped %d packets (receive buffer full)", dropped)
 
-    def _frame(self, frame: Frame) -> None:
+    def _batch(self, frames: list[Frame]) -> None:
+        """Attribute the batch's queries first: a resolver may close its socket at any moment."""
+        segments = [self._segment(frame) for frame in frames]
+        # One read of the socket tables serves the batch: it is newer than each packet.
+        self._owners.refresh()
+        processes: dict[int, dict[str, Any]] = {}
+        for index, (frame, segment) in enumerate(zip(frames, segments, strict=True)):
+            if segment is not None and _local_query(frame, segment):
+                client = (segment.src_ip, segment.src_port)
+                server = (segment.dst_ip, segment.dst_port)
+                processes[index] = self._attribute(segment.transport, client, server)
+        for index, (frame, segment) in enumerate(zip(frames, segments, strict=True)):
+            if segment is not None:
+                self._messages(frame, segment, processes.get(index))
+
+    def _segment(self, frame: Frame) -> Segment | None:
         self.count("packets")
         try:
             segment = parse_ip(frame.data)
         except PacketError as exc:
             self._parse_error(frame, exc)
-            return
-        if segment is None:
-            return
+            return None
+        if segment is None or (segment.transport == "tcp" and not segment.payload):
+            return None  # not DNS, or a TCP handshake or acknowledgement
+        return segment
+
+    def _messages(self, frame: Frame, segment: Segment, process: dict[str, Any] | None) -> None:
         if segment.transport == "udp":
             wires = [segment.payload]
-        elif not segment.payload:
-            return  # a TCP handshake or acknowledgement
         else:
             wires, leftover = tcp_messages(segment.payload)
             if leftover:
@@ -272,7 +293,7 @@ class DnsCaptureSensor(Sensor):
             if message.is_response:
                 self._answer(frame, segment, message)
             else:
-                self._query(frame, segment, message)
+                self._query(frame, segment, message, process)
 
     def _parse_error(self, frame: Frame, exc: Exception) -> None:
         self.count("parse_errors")
@@ -287,7 +308,9 @@ class DnsCaptureSensor(Sensor):
         else:
             log.debug("dns_capture cannot read a packet on %s: %s", frame.interface, exc)
 
-    def _query(self, frame: Frame, segment: Segment, message: Message) -> None:
+    def _query(
+        self, frame: Frame, segment: Segment, message: Message, process: dict[str, Any] | None
+    ) -> None:
         self.count("queries")
         client = (segment.src_ip, segment.src_port)
         server = (segment.dst_ip, segment.dst_port)
@@ -295,7 +318,10 @@ class DnsCaptureSensor(Sensor):
         if key in self._pending:
             self.count("duplicates")  # a retransmission, or the same packet on another interface
             return
-        local = frame.hatype == ARPHRD_LOOPBACK or frame.pkttype == PACKET_OUTGOING
+        if process is None:
+            process = {}  # a query from another host: no local process to name
+        elif not process:
+            self.count("unattributed")
         exchange = _Exchange(
             moment=frame.moment,
             segment=segment,
@@ -304,7 +330,7 @@ class DnsCaptureSensor(Sensor):
             direction=_direction(frame, from_client=True),
             interface=frame.interface,
             outgoing=frame.pkttype == PACKET_OUTGOING,
-            process=self._attribute(segment.transport, client, server) if local else {},
+            process=process,
             query=message,
         )
         if len(self._pending) >= MAX_PENDING:
@@ -326,7 +352,11 @@ class DnsCaptureSensor(Sensor):
             self._emit(exchange, message, frame.moment)
             return
         self.count("unmatched_answers")
-        local = frame.hatype == ARPHRD_LOOPBACK or frame.pkttype == PACKET_HOST
+        process: dict[str, Any] = {}
+        if frame.hatype == ARPHRD_LOOPBACK or frame.pkttype == PACKET_HOST:
+            process = self._attribute(segment.transport, client, server)
+            if not process:
+                self.count("unattributed")
         exchange = _Exchange(
             moment=frame.moment,
             segment=segment,
@@ -335,7 +365,7 @@ class DnsCaptureSensor(Sensor):
             direction=_direction(frame, from_client=False),
             interface=frame.interface,
             outgoing=frame.pkttype == PACKET_OUTGOING,
-            process=self._attribute(segment.transport, client, server) if local else {},
+            process=process,
             query=None,
         )
         self._emit(exchange, message, frame.moment)
@@ -361,7 +391,6 @@ class DnsCaptureSensor(Sensor):
         pid = None if inode is None else self._owners.pid(inode)
         ticks = None if pid is None else read_start_ticks(pid)
         if pid is None or ticks is None:
-            self.count("unattributed")
             return {}
         table: ProcessTable | None = self.context.processes
         instance: ProcessInstance | None
