@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from vigil.schema.ecs import iso
+from vigil.logsources.base import Reader, first_line
+from vigil.schema.ecs import flatten, iso
 
 log = logging.getLogger(__name__)
 
@@ -445,3 +446,37 @@ def read_auth_log(
                 continue
             counts["events"] += 1
             yield auth_document(record, fields, original)
+
+
+class AuthLogReader(Reader):
+    """Linux ``auth.log`` / ``secure`` files, through :func:`read_auth_log`."""
+
+    name = "authlog"
+    reads = "Linux authentication logs (auth.log, secure): sshd, sudo, su, PAM, account tools"
+    # Any syslog file sniffs as one, so every more specific reader goes first.
+    priority = 90
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        """The first line has a syslog header (BSD or RFC 3339)."""
+        return parse_syslog(first_line(path)) is not None
+
+    def read(self, path: Path) -> Iterator[Fields]:
+        """Yield the authentication events of the file as flat ECS events.
+
+        ``event.module`` is the program (``sshd``, ``sudo``...), Sigma's service for them;
+        lines of other programs are passed over, lines without a syslog header are warnings.
+        """
+        counts: Counter[str] = Counter()
+        shown = str(path)
+        for document in read_auth_log(path, stats=counts):
+            event = flatten(document)
+            event["log.file.path"] = shown
+            event["host.os.type"] = "linux"
+            program = event.get("log.syslog.appname")
+            if program:
+                event["event.module"] = program
+            yield event
+        self.records = counts["lines"]
+        if counts["parse_errors"]:
+            self.warnings["not_syslog"] += counts["parse_errors"]

@@ -170,4 +170,4 @@ def utc_timestamp(text: str | None) -> str | None:
 
 def _load_builtin_readers() -> None:
     # Importing the modules registers their readers.
-    from vigil.logsources import auditd, evtxlog, ndjson, sigmajson  # noqa: F401
+    from vigil.logsources import auditd, authlog, evtxlog, ndjson, sigmajson  # noqa: F401
