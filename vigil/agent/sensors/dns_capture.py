@@ -63,6 +63,7 @@ BUFFER_RANGE = (65536, 256 * 1024 * 1024)
 # Most queries waiting for an answer; past it the oldest is emitted as unanswered.
 MAX_PENDING = 65536
 _BATCH = 512
+_INSTANCE_CACHE = 1024
 _POLL = 0.1
 _STATISTICS_INTERVAL = 1.0
 _COUNTERS = (
@@ -110,6 +111,13 @@ def _direction(frame: Frame, from_client: bool) -> str:
     return "unknown"
 
 
+def _read_link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 def _local_query(frame: Frame, segment: Segment) -> bool:
     """A query (QR bit clear) sent by this host, judged from the header bytes alone."""
     if frame.hatype != ARPHRD_LOOPBACK and frame.pkttype != PACKET_OUTGOING:
@@ -135,6 +143,7 @@ class DnsCaptureSensor(Sensor):
         self._proc = ProcessTable(context.agent_id)
         self._pending: OrderedDict[Key, _Exchange] = OrderedDict()
         self._answered: OrderedDict[Key, float] = OrderedDict()
+        self._instances: OrderedDict[tuple[int, int], ProcessInstance] = OrderedDict()
         self._timeout = DEFAULT_TIMEOUT
         self._run_id = ""
         self._sequence = 0
@@ -397,9 +406,7 @@ class DnsCaptureSensor(Sensor):
         if table is not None:
             instance = table.resolve(pid, ticks)
         else:
-            instance = self._proc.from_proc(pid)
-            if instance is None or instance.start_ticks != ticks:
-                instance = ProcessInstance(pid, ticks, self._proc.entity_id(pid, ticks))
+            instance = self._instance(pid, ticks)
         fields: dict[str, Any] = {"pid": pid}
         if instance is not None:
             fields["entity_id"] = instance.entity_id
@@ -408,6 +415,22 @@ class DnsCaptureSensor(Sensor):
                 if value is not None:
                     fields[name] = value
         return fields
+
+    def _instance(self, pid: int, ticks: int) -> ProcessInstance:
+        """The process at ``pid`` from /proc, cached while its start ticks and program stay."""
+        executable = _read_link(f"/proc/{pid}/exe")
+        cached = self._instances.get((pid, ticks))
+        if cached is not None and cached.executable == executable:
+            self._instances.move_to_end((pid, ticks))
+            return cached
+        instance = self._proc.from_proc(pid)
+        if instance is None or instance.start_ticks != ticks:
+            # Gone or replaced since its query: all that is known is its identity.
+            return ProcessInstance(pid, ticks, self._proc.entity_id(pid, ticks))
+        self._instances[(pid, ticks)] = instance
+        while len(self._instances) > _INSTANCE_CACHE:
+            self._instances.popitem(last=False)
+        return instance
 
     def _emit(self, exchange: _Exchange, answer: Message | None, answered_at: float | None) -> None:
         if answer is None:
