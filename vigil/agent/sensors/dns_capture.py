@@ -240,7 +240,9 @@ class DnsCaptureSensor(Sensor):
                 frames = self._capture.read(_POLL, _BATCH)
                 if frames:
                     self._batch(frames)
-                self._expire(time.time())
+                # While packets wait in the socket, time is where the capture is: a backlog
+                # must not expire queries whose answers are queued behind them.
+                self._expire(frames[-1].moment if len(frames) == _BATCH else time.time())
                 if time.monotonic() - last_statistics >= _STATISTICS_INTERVAL:
                     last_statistics = time.monotonic()
                     self._statistics()
