@@ -1,0 +1,120 @@
+"""``vigil scan`` end to end on real files: outputs, filters, summary and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.logsources.data import DATA, needs_data
+from vigil.cli.main import main
+
+pytestmark = needs_data
+
+LINUX_RULES = DATA / "sigma" / "rules" / "linux"
+BINARY_PADDING = LINUX_RULES / "auditd" / "execve" / "lnx_auditd_binary_padding.yml"
+ATOMIC_LINUX = DATA / "otrf-security-datasets" / "atomic" / "linux"
+LOG4SHELL = DATA / "otrf-security-datasets" / "compound" / "Log4Shell"
+
+
+def scan(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    status = main(["scan", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_jsonl_detection_carries_rule_attack_time_event_and_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = scan(capsys, "--rules", BINARY_PADDING, "--format", "jsonl", ATOMIC_LINUX)
+    assert status == 0
+    (line,) = out.splitlines()
+    found = json.loads(line)
+    assert found["rule"] == {
+        "id": "c52a914f-3d8b-4b2a-bb75-b3991e75f8ba",
+        "title": "Binary Padding - Linux",
+        "level": "high",
+    }
+    assert found["attack"]["techniques"] == ["T1027.001"]
+    assert found["@timestamp"] == "2020-11-10T08:19:44.965000Z"
+    assert found["event"]["process"]["command_line"] == "dd if=/dev/zero bs=1 count=1"
+    assert found["event"]["type"] == "EXECVE"
+    assert found["log"]["file"]["path"].endswith(".log") and "sh_binary_padding_dd" in line
+    # The summary goes to stderr when stdout carries JSON lines.
+    assert "Binary Padding - Linux" in err and "1 detections from 2 files" in err
+
+
+def test_csv_and_min_level(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = scan(
+        capsys, "--rules", LINUX_RULES, "--format", "csv", "--min-level", "high", LOG4SHELL
+    )
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {row["level"] for row in rows} <= {"high", "critical"}
+    assert "Suspicious Java Children Processes" in {row["rule.title"] for row in rows}
+    assert "Decode Base64 Encoded Text" not in out  # low
+
+
+def test_table_ends_with_summary_by_rule_and_level(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    output = tmp_path / "found.txt"
+    status, out, _ = scan(
+        capsys, "--rules", LINUX_RULES, "--format", "table", "--output", output, LOG4SHELL
+    )
+    text = output.read_text(encoding="utf-8")
+    assert status == 0 and out == ""
+    assert text.splitlines()[0].split() == ["TIME", "LEVEL", "RULE", "ATT&CK", "FILE", "WHAT"]
+    summary = [line.split() for line in text.split("\n\n")[-1].splitlines()]
+    assert summary[0] == ["LEVEL", "COUNT", "RULE", "ID"]
+    assert ["high", "1", "Suspicious", "Java", "Children", "Processes"] == summary[2][:6]
+    assert summary[-1][:4] == ["5", "detections", "from", "5"]
+
+
+def test_builtin_rules_only_without_rules_option(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = scan(capsys, "--format", "jsonl", ATOMIC_LINUX)
+    assert status == 0
+    titles = {json.loads(line)["rule"]["title"] for line in out.splitlines()}
+    assert "Binary Padding - Linux" not in titles  # a SigmaHQ rule, not a built-in one
+    assert "from 2 files, 18 events" in err
+
+
+def test_missing_path_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = scan(capsys, tmp_path / "nope.evtx")
+    assert status == 2 and "no such file or folder" in err
+
+
+def test_intel_is_refused_until_available(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = scan(capsys, "--intel", "feed.csv", ATOMIC_LINUX)
+    assert status == 2 and "--intel is not available yet" in err
+
+
+def test_corrupt_and_unknown_files_are_reported_and_others_go_on(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.evtx"
+    broken.write_bytes(b"ElfFile\x00" + b"\xff" * 64)
+    unknown = tmp_path / "notes.txt"
+    unknown.write_text("hello\n", encoding="utf-8")
+    status, out, err = scan(
+        capsys, "--rules", BINARY_PADDING, "--format", "jsonl", broken, unknown, ATOMIC_LINUX
+    )
+    assert status == 2
+    assert len(out.splitlines()) == 1  # the auditd files were still scanned
+    assert "broken.evtx: not a readable EVTX file" in err
+    assert "notes.txt: no reader recognises this file" in err
+
+
+def test_rule_load_errors_are_reported_once_and_not_fatal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("title: broken\nlogsource: {product: linux}\ndetection: {}\n", encoding="utf-8")
+    status, out, err = scan(
+        capsys, "--rules", bad, "--rules", BINARY_PADDING, "--format", "jsonl", ATOMIC_LINUX
+    )
+    assert status == 0 and len(out.splitlines()) == 1
+    assert err.count("rule not loaded") == 1 and "bad.yml" in err
