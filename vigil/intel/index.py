@@ -89,6 +89,22 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def _dotted_quad(text: str) -> int | None:
+    """A canonical dotted-quad IPv4 address as a number; None for anything else."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    number = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or (part[0] == "0" and len(part) > 1):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        number = number << 8 | octet
+    return number
+
+
 @lru_cache(maxsize=16384)
 def _url(text: str) -> str | None:
     try:
@@ -273,19 +289,29 @@ class IntelIndex:
         return self._hashes.get(value) or self._hashes.get(value.lower()) or []
 
     def _lookup_ip(self, value: str) -> list[Indicator]:
-        found = self._ips.get(value)
-        if found is not None and not (self._nets[4] or self._nets[6]):
+        number = _dotted_quad(value)
+        if number is not None:
+            # The common case, a canonical IPv4 address, without building an address object.
+            found = self._ips.get(value, [])
+            if self._nets[4]:
+                found = [*found, *self._networks_of(4, number, 32)]
             return found
         address = _address(value)
         if address is None:
             return []
-        found = list(self._ips.get(str(address), ()))
-        nets = self._nets[address.version]
-        if nets:
-            number = int(address)
-            bits = address.max_prefixlen
-            for length, table in nets.items():
-                found += table.get(number >> (bits - length) << (bits - length), ())
+        found = self._ips.get(str(address), [])
+        if self._nets[address.version]:
+            found = [
+                *found,
+                *self._networks_of(address.version, int(address), address.max_prefixlen),
+            ]
+        return found
+
+    def _networks_of(self, version: int, number: int, bits: int) -> list[Indicator]:
+        found: list[Indicator] = []
+        for length, table in self._nets[version].items():
+            shift = bits - length
+            found += table.get(number >> shift << shift, ())
         return found
 
     def _lookup_domain(self, value: str) -> list[Indicator]:
