@@ -11,8 +11,9 @@ import pytest
 from tests.intel.data import FEODO, MISP_FEEDS, STIX_DOCS, STIX_SCHEMAS, THREAT_INTEL, XORIST
 from vigil.intel import FeedError
 from vigil.intel import IndicatorType as T
+from vigil.intel.errors import UnsupportedPattern
 from vigil.intel.feeds import REGISTRY, FeedResult
-from vigil.intel.feeds.stix import Unsupported, observables
+from vigil.intel.feeds.stix import observables
 
 
 def read(kind: str, location: Path | str) -> FeedResult:
@@ -186,7 +187,7 @@ def test_every_shared_stix_example_reads() -> None:
     ],
 )
 def test_unsupported_patterns_are_named(pattern: str, message: str) -> None:
-    with pytest.raises(Unsupported, match=message):
+    with pytest.raises(UnsupportedPattern, match=message):
         observables(pattern)
 
 

@@ -15,3 +15,7 @@ class FeedError(IntelError):
 
 class InvalidIndicator(IntelError):
     """One value is not a valid indicator of the type it claims; feeds skip and count it."""
+
+
+class UnsupportedPattern(IntelError):
+    """A STIX pattern uses a construct the matcher cannot express; the message names it."""

@@ -87,8 +87,10 @@ class FeedReader(abc.ABC):
             REGISTRY[cls.name] = cls
 
     def __init__(self, source: str | None = None) -> None:
-        """Args:
-        source: The feed name stored with each indicator; by default the file or URL name.
+        """Create a reader.
+
+        Args:
+            source: The feed name stored with each indicator; by default the file or URL name.
         """
         self.source = source
 

@@ -24,7 +24,7 @@ import stix2  # type: ignore[import-untyped]
 from stix2 import patterns as sp
 from stix2.pattern_visitor import create_pattern_object  # type: ignore[import-untyped]
 
-from vigil.intel.errors import FeedError
+from vigil.intel.errors import FeedError, UnsupportedPattern
 from vigil.intel.feeds.base import FeedReader, FeedResult, fetch_text
 from vigil.intel.model import IndicatorType
 
@@ -48,10 +48,6 @@ PROPERTIES: dict[tuple[str, str], IndicatorType] = {
         for name in names
     },
 }
-
-
-class Unsupported(Exception):
-    """A pattern construct the matcher cannot express; the message names it."""
 
 
 class StixReader(FeedReader):
@@ -110,7 +106,7 @@ def _read_indicator(raw: Mapping[str, Any], families: set[str], result: FeedResu
         return
     try:
         comparisons = observables(pattern, str(indicator.get("spec_version", "2.0")))
-    except Unsupported as exc:
+    except UnsupportedPattern as exc:
         result.skip(pattern, "unsupported", str(exc))
         return
 
@@ -132,13 +128,13 @@ def observables(pattern: str, version: str = "2.1") -> list[tuple[IndicatorType,
     """The (type, value) pairs a pattern ORs together.
 
     Raises:
-        Unsupported: The pattern does not parse, or uses anything but ``=`` comparisons on
+        UnsupportedPattern: The pattern does not parse, or uses anything but ``=`` comparisons on
             known properties joined by OR.
     """
     try:
         tree = create_pattern_object(pattern, version="2.1" if version >= "2.1" else "2.0")
     except Exception as exc:  # the ANTLR-based parser raises its own exception types
-        raise Unsupported(f"pattern does not parse: {exc}") from exc
+        raise UnsupportedPattern(f"pattern does not parse: {exc}") from exc
     found: list[tuple[IndicatorType, str]] = []
     _walk_observation(tree, found)
     return found
@@ -151,10 +147,10 @@ def _walk_observation(node: Any, found: list[tuple[IndicatorType, str]]) -> None
     elif isinstance(node, sp.ObservationExpression):
         _walk_comparison(node.operand, found)
     elif isinstance(node, sp.QualifiedObservationExpression):
-        raise Unsupported(f"qualifier {node.qualifier} (a time window or repeat count)")
+        raise UnsupportedPattern(f"qualifier {node.qualifier} (a time window or repeat count)")
     else:
         operator = getattr(node, "operator", type(node).__name__)
-        raise Unsupported(f"observations joined by {operator}: needs several events at once")
+        raise UnsupportedPattern(f"observations joined by {operator}: needs several events at once")
 
 
 def _walk_comparison(node: Any, found: list[tuple[IndicatorType, str]]) -> None:
@@ -165,11 +161,11 @@ def _walk_comparison(node: Any, found: list[tuple[IndicatorType, str]]) -> None:
     if not isinstance(node, sp.EqualityComparisonExpression) or node.negated:
         operator = getattr(node, "operator", type(node).__name__)
         negated = "NOT " if getattr(node, "negated", False) else ""
-        raise Unsupported(f"comparison {negated}{operator}: only = and OR can be matched")
+        raise UnsupportedPattern(f"comparison {negated}{operator}: only = and OR can be matched")
     path = ".".join(str(part.property_name) for part in node.lhs.property_path)
     kind = PROPERTIES.get((node.lhs.object_type_name, path))
     if kind is None:
-        raise Unsupported(f"property {node.lhs.object_type_name}:{path} is not matched")
+        raise UnsupportedPattern(f"property {node.lhs.object_type_name}:{path} is not matched")
     found.append((kind, str(node.rhs.value)))
 
 
