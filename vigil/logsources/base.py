@@ -151,6 +151,8 @@ def utc_timestamp(text: str | None) -> str | None:
     """
     if not text:
         return None
+    if len(text) == 27 and text[19] == "." and text[26] == "Z" and text[10] == "T":
+        return text  # already ECS-shaped (EVTX SystemTime): skip the parse
     match = _STAMP.match(text.strip())
     if match is None:
         return None

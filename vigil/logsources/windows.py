@@ -209,10 +209,21 @@ def windows_event(
     Returns:
         The flat event; see the module docstring for its fields.
     """
+    service = service_of(channel)
+    copies = _SECURITY_4688 if service == "security" and event_id == 4688 else _ECS_COPIES
     event: Event = {}
+    ecs: Event = {}
     for name, value in data.items():
-        key = f"winlog.event_data.{name}" if name in _RESERVED or "." in name else name
-        event[key] = "" if value is None else value
+        if value is None:
+            value = ""
+        if name in _RESERVED or "." in name:
+            event[f"winlog.event_data.{name}"] = value
+        else:
+            event[name] = value
+        copy = copies.get(name)
+        if copy is not None:
+            ecs[copy] = value
+    event.update(ecs)
 
     event["log.file.path"] = path
     if timestamp is not None:
@@ -236,7 +247,6 @@ def windows_event(
     if record_id is not None:
         event["winlog.record_id"] = record_id
 
-    service = service_of(channel)
     if service is not None:
         event["event.module"] = service
     _classify(event, service, event_id, data)
@@ -246,12 +256,7 @@ def windows_event(
 def _classify(
     event: Event, service: str | None, event_id: int | None, data: Mapping[str, Any]
 ) -> None:
-    """Set the ECS copies, the ECS category and type, and the Sigma categories."""
-    if service == "security" and event_id == 4688:
-        _copy(event, data, _SECURITY_4688)
-    else:
-        _copy(event, data, _ECS_COPIES)
-
+    """Set the ECS category and type, and the Sigma categories."""
     sigma: tuple[str, ...] = ()
     if service == "sysmon" and event_id is not None:
         known = _SYSMON.get(event_id)
@@ -275,7 +280,9 @@ def _classify(
             event["event.category"] = ["authentication"]
             event["event.type"] = ["start"]
             event["event.outcome"] = _LOGONS[event_id]
-            _copy(event, data, {"TargetUserName": "user.name", "IpAddress": "source.ip"})
+            for name, copy in (("TargetUserName", "user.name"), ("IpAddress", "source.ip")):
+                if name in data:
+                    event[copy] = "" if data[name] is None else data[name]
     if sigma:
         event["vigil.sigma.category"] = list(sigma)
 
@@ -286,13 +293,6 @@ def _registry_key_event(data: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
     if kind.startswith("delete"):
         return ("registry_delete", "registry_event"), "deletion"
     return ("registry_add", "registry_event"), "creation"
-
-
-def _copy(event: Event, data: Mapping[str, Any], table: Mapping[str, str]) -> None:
-    for name, ecs in table.items():
-        if name in data:
-            value = data[name]
-            event[ecs] = "" if value is None else value
 
 
 def from_evtx_json(document: Mapping[str, Any], path: str) -> Event:
@@ -326,39 +326,39 @@ def _record_data(record: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for section in ("EventData", "UserData"):
         part = record.get(section)
-        if not isinstance(part, Mapping):
+        if not isinstance(part, dict):
             continue
         if section == "UserData" and len(part) == 1:
             # <UserData><LogFileCleared ...>fields</LogFileCleared></UserData>
             inner = next(iter(part.values()))
-            part = inner if isinstance(inner, Mapping) else part
+            part = inner if isinstance(inner, dict) else part
         for name, value in part.items():
             if name == "#attributes":
                 continue
-            if isinstance(value, Mapping):
+            if isinstance(value, dict):
                 value = value.get("#text", "")
             fields[name] = value
     return fields
 
 
 def _attribute(element: Any, name: str) -> str | None:
-    if isinstance(element, Mapping):
+    if isinstance(element, dict):
         attributes = element.get("#attributes")
-        if isinstance(attributes, Mapping):
+        if isinstance(attributes, dict):
             value = attributes.get(name)
             return None if value is None else str(value)
     return None
 
 
 def _text(value: Any) -> str | None:
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         value = value.get("#text")
     return None if value is None else str(value)
 
 
 def _event_id(value: Any) -> int | None:
     # <EventID Qualifiers="16384">7036</EventID> comes as {"#attributes": ..., "#text": 7036}.
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         value = value.get("#text")
     try:
         return int(value) if value is not None else None
