@@ -7,6 +7,9 @@ VigilError
  │    └── NotApplicable                           a plugin cannot run here (not an error to log)
  ├── ResponseError        (vigil.agent.respond.errors)  a response action failed
  ├── TaskRejected         (vigil.agent.errors)    a task failed its signature, expiry or target
+ ├── HuntError            (vigil.hunt.errors)     a hunt query was refused or failed
+ ├── IntelError           (vigil.intel.errors)    a feed cannot be read or an indicator is bad
+ ├── LogSourceError       (vigil.logsources.errors)  a log file cannot be read
  └── ServerError          (vigil.server.errors)   the server refused or failed a request
 """
 

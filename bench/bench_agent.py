@@ -1,0 +1,300 @@
+"""Agent fidelity and overhead: does everything reach the server intact, and at what cost?
+
+Starts a server in this process and a real agent (``vigil agent run``, default policy, root) as
+a child, then runs, on this host:
+- a burst of short-lived processes, each with a unique marker and awkward argv (spaces, quotes);
+- file creations in a fresh folder;
+- loopback TCP connections to a listener of the benchmark's own.
+
+It then asks the server (a hunt over ``events``) what arrived: the fraction of execs with the
+exact argv and the right parent, of files with the right path, of connections with the right
+port; the agent's CPU and RSS idle and under the burst, also as a ratio to the CPU the workload
+itself used (the baseline, measured in the same run); and the delay from an exec to it being
+queryable.
+
+    python -m bench.bench_agent [--processes 5000] [--files 2000] [--connections 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from vigil.agent import identity
+from vigil.cli.client import ApiClient
+from vigil.detect import builtin_rules_dir
+from vigil.server.app import ADMIN_TOKEN_FILE, build_server
+from vigil.server.context import ServerConfig
+
+IDLE_SECONDS = 20.0
+SETTLE_SECONDS = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Sampler:
+    """CPU time and peak RSS of one process, sampled in the background."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def cpu_seconds(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_rss = max(self.peak_rss, self.rss())
+
+    def __enter__(self) -> Sampler:
+        self.peak_rss = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def hunt(api: ApiClient, sql: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = api.call("POST", "/hunt", {"sql": sql})["rows"]
+    return rows
+
+
+def count(api: ApiClient, where: str) -> int:
+    return int(hunt(api, f"SELECT count(*) AS n FROM events WHERE {where}")[0]["n"])
+
+
+def wait_until(api: ApiClient, where: str, expected: int) -> int:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    seen = -1
+    while time.monotonic() < deadline:
+        seen = count(api, where)
+        if seen >= expected:
+            break
+        time.sleep(1.0)
+    return seen
+
+
+@dataclass
+class Workload:
+    shell_pid: int
+    cpu_seconds: float
+    wall_seconds: float
+    port: int
+
+
+def burst(run: str, processes: int, files: int, connections: int, folder: Path) -> Workload:
+    """Run the workload: execs and files from one shell, then loopback connections."""
+    script = (
+        f'for i in $(seq 1 {processes}); do /bin/echo "vigil-{run}-$i" "a b" "q\'uote" '
+        "> /dev/null; done\n"
+        f'for i in $(seq 1 {files}); do : > "{folder}/f-$i.txt"; done\n'
+    )
+    started = time.monotonic()
+    shell = subprocess.Popen(["/bin/bash", "-c", script])
+    pid = shell.pid
+    usage = psutil.Process(pid)
+    cpu = 0.0
+    while shell.poll() is None:
+        try:
+            children = usage.cpu_times()
+            cpu = (
+                children.user + children.system + children.children_user + children.children_system
+            )
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.monotonic() - started
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = threading.Thread(
+        target=lambda: [listener.accept()[0].close() for _ in range(connections)], daemon=True
+    )
+    accepted.start()
+    for _ in range(connections):
+        socket.create_connection(("127.0.0.1", port)).close()
+    accepted.join(timeout=30)
+    listener.close()
+    return Workload(pid, cpu, wall, port)
+
+
+def latency_probes(api: ApiClient, run: str, probes: int = 20) -> list[float]:
+    delays = []
+    for n in range(probes):
+        marker = f"vigil-probe-{run}-{n}"
+        started = time.monotonic()
+        subprocess.run(["/bin/echo", marker], stdout=subprocess.DEVNULL, check=True)
+        while count(api, f"\"process.args\"[2] = '{marker}'") == 0:
+            if time.monotonic() - started > 60:
+                break
+            time.sleep(0.02)
+        delays.append(time.monotonic() - started)
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=5000)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=500)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_agent needs root: the agent uses kernel audit and fanotify")
+
+    work = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+    config = ServerConfig(
+        data_dir=work / "server", port=free_port(), rule_paths=[builtin_rules_dir()]
+    )
+    ctx, server = build_server(config)
+    server_thread = threading.Thread(target=server.run, daemon=True)
+    server_thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    api = ApiClient(
+        config.url,
+        (config.data_dir / ADMIN_TOKEN_FILE).read_text().strip(),
+        str(ctx.authority.ca_path),
+    )
+    token = api.call("POST", "/enroll-tokens", {})["token"]
+    identity.enroll(work / "agent", config.url, token)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vigil.cli.main",
+            "agent",
+            "run",
+            "--state-dir",
+            str(work / "agent"),
+            "--quiet-path",
+            str(work / "server"),
+        ],
+        stderr=(work / "agent.log").open("w"),
+    )
+    try:
+        while not api.call("GET", "/hosts")[0]["health"].get("sensors"):
+            time.sleep(0.5)
+        time.sleep(5)  # let the inventory snapshot and start-up settle
+        run = uuid.uuid4().hex[:8]
+        folder = work / "files"
+        folder.mkdir()
+
+        with Sampler(agent.pid) as sampler:
+            before = sampler.cpu_seconds()
+            time.sleep(IDLE_SECONDS)
+            idle_cpu = (sampler.cpu_seconds() - before) / IDLE_SECONDS * 100
+            idle_rss = sampler.rss()
+
+            before = sampler.cpu_seconds()
+            started = time.monotonic()
+            workload = burst(run, args.processes, args.files, args.connections, folder)
+            execs = wait_until(
+                api,
+                f"\"process.args\"[2] LIKE 'vigil-{run}-%' AND "
+                "list_contains(\"event.type\", 'start')",
+                args.processes,
+            )
+            created = wait_until(
+                api,
+                f"\"file.path\" LIKE '{folder}/f-%' AND \"event.action\" = 'creation'",
+                args.files,
+            )
+            drained = time.monotonic() - started
+            burst_cpu = sampler.cpu_seconds() - before
+            peak_rss = sampler.peak_rss
+
+        exact = count(
+            api,
+            f"\"process.args\" = ['/bin/echo', 'vigil-{run}-' || "
+            f"split_part(\"process.args\"[2], '-', 3), 'a b', 'q''uote'] AND "
+            f"\"process.args\"[2] LIKE 'vigil-{run}-%' AND "
+            "list_contains(\"event.type\", 'start')",
+        )
+        parented = count(
+            api,
+            f"\"process.args\"[2] LIKE 'vigil-{run}-%' AND "
+            f'"process.parent.pid" = {workload.shell_pid} AND '
+            '"process.parent.entity_id" IS NOT NULL AND '
+            "list_contains(\"event.type\", 'start')",
+        )
+        connected = count(
+            api, f'"destination.port" = {workload.port} AND "event.action" = \'connect\''
+        )
+        delays = latency_probes(api, run)
+        health = api.call("GET", "/hosts")[0]["health"]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+        ctx.doorbells.close()
+        server.should_exit = True
+        server_thread.join(timeout=30)
+        ctx.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    lost = {
+        name: {
+            k: v for k, v in h.get("counters", {}).items() if k in ("lost", "overflow", "dropped")
+        }
+        for name, h in health.get("sensors", {}).items()
+    }
+    print(
+        f"workload: {args.processes} execs + {args.files} files in {workload.wall_seconds:.1f}s, "
+        f"{args.connections} loopback connections"
+    )
+    print(
+        f"execs reached the server        {execs:6d} / {args.processes} "
+        f"({100 * execs / args.processes:.2f}%)"
+    )
+    print(f"  with exact argv                {exact:6d} ({100 * exact / args.processes:.2f}%)")
+    print(
+        f"  with the right parent          {parented:6d} ({100 * parented / args.processes:.2f}%)"
+    )
+    print(
+        f"files created, right path       {created:6d} / {args.files} "
+        f"({100 * created / args.files:.2f}%)"
+    )
+    print(f"connections recorded            {connected:6d} / {args.connections}")
+    print(f"agent idle CPU                  {idle_cpu:6.2f}% of one core")
+    print(f"agent idle RSS                  {idle_rss / 2**20:6.1f} MB")
+    print(
+        f"agent CPU for the burst         {burst_cpu:6.2f}s "
+        f"({burst_cpu / max(workload.cpu_seconds, 1e-9):.2f}x the workload's own "
+        f"{workload.cpu_seconds:.2f}s)"
+    )
+    print(f"agent peak RSS                  {peak_rss / 2**20:6.1f} MB")
+    print(f"burst start to all queryable    {drained:6.1f}s")
+    print(
+        f"exec to queryable (20 probes)   median {statistics.median(delays):.2f}s, "
+        f"max {max(delays):.2f}s"
+    )
+    print(f"loss counters                   {lost}")
+
+
+if __name__ == "__main__":
+    main()
