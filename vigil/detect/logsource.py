@@ -92,7 +92,9 @@ def event_logsources(event: Mapping[str, Any]) -> list[LogSource]:
         event: A flat ECS event (dotted keys).
 
     Returns:
-        One log source per matching category, each carrying the product and the service
+        One log source per matching category (from ``event.category``/``event.type``, plus
+        any Sigma categories a reader declared in ``vigil.sigma.category``), each carrying the
+        product and the service
         (``event.module``, e.g. ``auditd`` or ``sshd``); a bare ``(product, None, service)``
         when no category fits. Never empty.
     """
@@ -109,4 +111,9 @@ def event_logsources(event: Mapping[str, Any]) -> list[LogSource]:
         for category, test in CATEGORY_ROUTES
         if test(cats, types, event)
     ]
+    # Readers of third-party logs know the exact Sigma categories of a record (registry_set,
+    # image_load, ps_script...) that ECS categories cannot express; they declare them here.
+    declared = _as_set(event.get("vigil.sigma.category"))
+    have = {source.category for source in found}
+    found += [LogSource(product, category, service) for category in sorted(declared - have)]
     return found or [LogSource(product, None, service)]
