@@ -161,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     _wait_option(kill)
 
+    intel = sub.add_parser("intel", parents=[common], help="threat-intelligence feeds")
+    intel_sub = intel.add_subparsers(dest="sub", required=True)
+    intel_import = intel_sub.add_parser(
+        "import", parents=[common], help="import a feed, then retro-hunt what it adds"
+    )
+    intel_import.add_argument(
+        "--kind", required=True, choices=("stix", "taxii", "misp", "csv", "list")
+    )
+    intel_import.add_argument("--source", help="feed name (default: the file name)")
+    intel_import.add_argument("path", nargs="?", type=Path, help="feed file, or a MISP feed folder")
+    intel_import.add_argument("--url", help="TAXII collection URL")
+    intel_sub.add_parser("list", parents=[common], help="indicator counts and the allow-list")
+    intel_allow = intel_sub.add_parser("allow", parents=[common], help="never alert on a value")
+    intel_allow.add_argument("value")
+    intel_allow.add_argument("--kind", help="needed for file names and registry keys")
+    intel_allow.add_argument("--reason", default="")
+
     tasks = sub.add_parser("tasks", parents=[common], help="response tasks and their outcome")
     tasks_sub = tasks.add_subparsers(dest="sub", required=True)
     tasks_sub.add_parser("list", parents=[common])
@@ -231,11 +248,37 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         body = {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason}
         task = api.call("POST", f"/hosts/{args.host_id}/kill", body)
         return task if args.no_wait else _wait_for_task(api, task)
+    if command == "intel" and sub == "import":
+        body = {
+            "kind": args.kind,
+            "source": args.source,
+            "url": args.url,
+            "files": read_feed_files(args.path) if args.path else {},
+        }
+        return api.call("POST", "/intel/import", body)
+    if command == "intel" and sub == "list":
+        return api.call("GET", "/intel/indicators")
+    if command == "intel":
+        return api.call(
+            "POST", "/intel/allow", {"value": args.value, "kind": args.kind, "reason": args.reason}
+        )
     if command == "tasks" and sub == "list":
         return api.call("GET", "/tasks")
     if command == "tasks":
         return api.call("GET", f"/tasks/{args.task_id}")
     raise CliError(f"unknown command {command!r}")
+
+
+def read_feed_files(path: Path) -> dict[str, str]:
+    """A feed file, or every file of a feed folder, as relative path -> text."""
+    if not path.exists():
+        raise CliError(f"no feed at {path}")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    base = path.parent if path.is_file() else path
+    try:
+        return {str(f.relative_to(base)): f.read_text() for f in files}
+    except UnicodeDecodeError as exc:
+        raise CliError(f"feed file is not text ({exc}); feeds are JSON, CSV or text") from exc
 
 
 def _wait_for_task(api: ApiClient, task: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import vigil
-from vigil.server import agent_api, analyst_api
+from vigil.server import agent_api, analyst_api, intel_api
 from vigil.server.context import ServerConfig, ServerContext
 from vigil.server.tls import ClientCertH11Protocol
 from vigil.server.visibility import watch_agents
@@ -51,6 +51,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(agent_api.router)
     app.include_router(analyst_api.router)
+    app.include_router(intel_api.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

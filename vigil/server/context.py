@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigil.detect import RuleSet
+from vigil.intel import IntelIndex, IntelStore
 from vigil.server import pki
 from vigil.store.state import StateStore
 from vigil.store.telemetry import TelemetryStore
@@ -79,6 +80,9 @@ class ServerContext:
     authority: pki.Authority
     rules: RuleSet
     doorbells: Doorbells
+    intel: IntelStore
+    # Swapped whole after an import or an allow-list change; ingest reads the reference.
+    intel_index: IntelIndex
 
     @classmethod
     def open(cls, config: ServerConfig) -> ServerContext:
@@ -88,6 +92,7 @@ class ServerContext:
         for error in rules.errors:
             log.warning("rule not loaded: %s: %s", error.path, error.message)
         log.info("loaded %d rules (%d could not be loaded)", len(rules.rules), len(rules.errors))
+        intel = IntelStore.open(config.data_dir)
         return cls(
             config=config,
             state=StateStore(config.data_dir / "state.sqlite"),
@@ -95,8 +100,15 @@ class ServerContext:
             authority=authority,
             rules=rules,
             doorbells=Doorbells(),
+            intel=intel,
+            intel_index=intel.load_index(),
         )
 
+    def reload_intel(self) -> None:
+        """Match new events against the indicators and allow-list as they are now."""
+        self.intel_index = self.intel.load_index()
+
     def close(self) -> None:
+        self.intel.close()
         self.telemetry.close()
         self.state.close()

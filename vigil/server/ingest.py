@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from vigil.cases.alerts import build_alert
+from vigil.intel import intel_alert
 from vigil.schema.validate import validate_batch
 from vigil.schema.wire import BatchAck, EventBatch
 from vigil.server.context import ServerContext
@@ -28,7 +29,15 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
     )
     ctx.state.touch_agent(agent["id"])
 
+    intel = ctx.intel_index
     for flat in fresh:
+        hits = intel.match(flat)
+        if hits:
+            alert = intel_alert(hits, flat, agent["hostname"])
+            ctx.state.add_alert(agent["tenant_id"], alert)
+            log.info(
+                "intel alert %s: %s on %s", alert["id"], alert["rule"]["title"], agent["hostname"]
+            )
         for rule in ctx.rules.match(flat):
             alert = build_alert(rule, flat, agent["hostname"])
             ctx.state.add_alert(agent["tenant_id"], alert)

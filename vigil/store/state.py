@@ -99,6 +99,9 @@ class StateStore:
             (tenant_id, name, time.time()),
         )
 
+    def tenant_ids(self) -> list[str]:
+        return [row["id"] for row in self._all("SELECT id FROM tenants ORDER BY id")]
+
     # Tokens.
 
     def create_api_token(self, tenant_id: str, name: str, role: str = "admin") -> str:

@@ -1,0 +1,107 @@
+"""Threat intelligence through the server: import, live matching, retro-hunt and allow-lists.
+
+Feeds are the real ones in ../shared/data/threat-intel, uploaded the way `vigil intel import`
+does. No traffic goes to the addresses in them: events naming those addresses are written by
+the test and sent as an agent would send them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SHARED_DATA, RunningServer
+from tests.server.test_agent_protocol import process_event
+from vigil.agent import identity
+from vigil.agent.transport import ServerLink
+from vigil.cli.main import read_feed_files
+
+INTEL = SHARED_DATA / "threat-intel"
+FEODO = INTEL / "abuse.ch" / "feodotracker_ipblocklist_2024-04-04.csv"
+STIX_HASH = next(INTEL.rglob("malware-indicator-for-file-hash.json"))
+STIX_SHA256 = "ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c"
+
+
+@pytest.fixture
+def link(running_server: RunningServer, tmp_path: Path) -> Iterator[ServerLink]:
+    enrolled = identity.enroll(
+        tmp_path / "agent", running_server.url, running_server.enroll_token()
+    )
+    server_link = ServerLink(enrolled)
+    yield server_link
+    server_link.close()
+
+
+def connection(seq: int, address: str) -> dict[str, Any]:
+    event = process_event(seq, "curl http://example.test/", executable="/usr/bin/curl")
+    event["event"].update(category=["network"], type=["connection", "start"], action="connect")
+    event["destination"] = {"ip": address, "port": 443}
+    return event
+
+
+def send(link: ServerLink, *events: dict[str, Any]) -> None:
+    assert link.post("/events", {"spool_epoch": "e", "events": list(events)}).status_code == 200
+
+
+def import_feed(server: RunningServer, path: Path, kind: str) -> dict[str, Any]:
+    body = {"kind": kind, "files": read_feed_files(path)}
+    result: dict[str, Any] = server.api.call("POST", "/intel/import", body)
+    return result
+
+
+def intel_alerts(server: RunningServer) -> list[dict[str, Any]]:
+    return [a for a in server.api.call("GET", "/alerts") if a["rule"]["id"].startswith("intel:")]
+
+
+def test_a_connection_to_a_listed_c2_raises_an_alert(
+    running_server: RunningServer, link: ServerLink
+) -> None:
+    result = import_feed(running_server, FEODO, "csv")
+    assert result["counts"]["added"] == 28
+    send(link, connection(1, "192.9.135.73"), connection(2, "192.0.2.10"))
+    alerts = intel_alerts(running_server)
+    assert len(alerts) == 1
+    assert alerts[0]["event"]["destination"]["ip"] == "192.9.135.73"
+    assert "retro_hunt" not in alerts[0]["rule"]
+
+
+def test_new_intelligence_is_run_back_over_history(
+    running_server: RunningServer, link: ServerLink
+) -> None:
+    seen_before = process_event(1, "/tmp/dropper --run", executable="/tmp/dropper")
+    seen_before["process"]["hash"] = {"sha256": STIX_SHA256.upper()}
+    send(link, seen_before)
+    assert intel_alerts(running_server) == []
+
+    result = import_feed(running_server, STIX_HASH, "stix")
+    assert result["retro_hunt_alerts"] == 1
+    alerts = intel_alerts(running_server)
+    assert [a["rule"]["retro_hunt"] for a in alerts] == [True]
+    assert alerts[0]["event"]["process"]["executable"] == "/tmp/dropper"
+
+
+def test_an_allow_listed_value_no_longer_alerts(
+    running_server: RunningServer, link: ServerLink
+) -> None:
+    import_feed(running_server, FEODO, "csv")
+    running_server.api.call(
+        "POST", "/intel/allow", {"value": "192.9.135.0/24", "reason": "our own test range"}
+    )
+    send(link, connection(1, "192.9.135.73"))
+    assert intel_alerts(running_server) == []
+    listed = running_server.api.call("GET", "/intel/indicators")
+    assert listed["allow"][0]["value"] == "192.9.135.0/24"
+
+
+def test_a_feed_that_cannot_be_read_says_why(running_server: RunningServer) -> None:
+    with pytest.raises(Exception, match="unknown feed kind|422"):
+        running_server.api.call(
+            "POST", "/intel/import", {"kind": "yara", "files": {"x.txt": "1.2.3.4"}}
+        )
+    with pytest.raises(Exception, match="relative path"):
+        running_server.api.call(
+            "POST", "/intel/import", {"kind": "list", "files": {"../etc/x": "1.2.3.4"}}
+        )

@@ -1,0 +1,153 @@
+"""Threat-intelligence endpoints: import feeds, look back over history, allow-list values.
+
+A feed is uploaded as its files (a MISP feed is a folder: the manifest and its events), or
+named by URL for TAXII. What an import adds is at once matched on every new event, and run back
+over the stored telemetry of every tenant (a retro-hunt): past sightings become alerts marked
+``retro_hunt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from vigil.hunt.errors import HuntError
+from vigil.hunt.sql import run_hunt
+from vigil.intel import AllowList, Indicator, IntelError, import_feed, intel_alert, retro_hunt
+from vigil.server import auth
+from vigil.server.auth import Analyst
+from vigil.server.context import ServerContext
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/intel", tags=["intel"])
+
+MAX_FEED_BYTES = 200 * 2**20
+
+
+class FeedUpload(BaseModel):
+    kind: str = Field(description="stix, taxii, misp, csv or list")
+    source: str | None = Field(default=None, max_length=200)
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> text")
+    url: str | None = Field(default=None, max_length=2000, description="for taxii")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AllowRequest(BaseModel):
+    value: str = Field(min_length=1, max_length=2000)
+    kind: str | None = None
+    reason: str = Field(default="", max_length=2000)
+
+
+def _write_feed(folder: Path, files: dict[str, str]) -> Path:
+    """Lay the uploaded files out under ``folder``; return what to import (file or folder)."""
+    if sum(len(text) for text in files.values()) > MAX_FEED_BYTES:
+        raise HTTPException(413, f"feed larger than {MAX_FEED_BYTES} bytes; split it")
+    for name, text in files.items():
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise HTTPException(400, f"feed file name {name!r} must be a relative path")
+        target = folder.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    if len(files) == 1:
+        return folder.joinpath(*PurePosixPath(next(iter(files))).parts)
+    return folder
+
+
+def retro_hunt_all(ctx: ServerContext, indicators: list[Indicator]) -> int:
+    """Run new indicators back over every tenant's telemetry; alert on past sightings."""
+    hunt = retro_hunt(indicators, allow=AllowList(ctx.intel.allow_list()))
+    if not hunt.sql:
+        return 0
+    raised = 0
+    for tenant_id in ctx.state.tenant_ids():
+        try:
+            rows = run_hunt(ctx.telemetry, tenant_id, hunt.sql)["rows"]
+        except HuntError as exc:
+            log.warning("retro-hunt failed for tenant %s: %s", tenant_id, exc)
+            continue
+        for flat, hits in hunt.confirm(rows):
+            alert = intel_alert(hits, flat, str(flat.get("host.name") or ""))
+            alert["rule"]["retro_hunt"] = True
+            ctx.state.add_alert(tenant_id, alert)
+            raised += 1
+    log.info("retro-hunt over stored telemetry raised %d alerts", raised)
+    return raised
+
+
+@router.post("/import")
+def import_intel(
+    upload: FeedUpload,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Import a feed, match it from now on, and retro-hunt what it adds."""
+    if not upload.files and not upload.url:
+        raise HTTPException(400, "give the feed's files, or a url for taxii")
+    with tempfile.TemporaryDirectory(prefix="vigil-feed-") as folder:
+        target = upload.url or _write_feed(Path(folder), upload.files)
+        try:
+            report = import_feed(ctx.intel, target, upload.kind, upload.source, **upload.options)
+        except IntelError as exc:
+            raise HTTPException(422, str(exc)) from exc
+    ctx.reload_intel()
+    retro = retro_hunt_all(ctx, report.added)
+    ctx.state.audit(
+        analyst.tenant_id,
+        analyst.name,
+        "intel.import",
+        report.source,
+        {"kind": upload.kind, "counts": report.counts()},
+        "ok",
+    )
+    return {
+        "source": report.source,
+        "counts": report.counts(),
+        "retro_hunt_alerts": retro,
+        "skipped": [
+            {"item": s.item, "reason": s.reason, "detail": s.detail} for s in report.skipped[:100]
+        ],
+    }
+
+
+@router.get("/indicators")
+def indicators(
+    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+) -> dict[str, Any]:
+    """How many indicators are stored, per type, and the allow-list."""
+    return {
+        "counts": ctx.intel.count(),
+        "allow": [
+            {"type": str(e.type), "value": e.value, "reason": e.reason}
+            for e in ctx.intel.allow_list()
+        ],
+    }
+
+
+@router.post("/allow")
+def allow(
+    request: AllowRequest,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Never alert on this value again (hash, address, network, domain and its subdomains)."""
+    try:
+        entry = ctx.intel.allow(request.value, request.kind, request.reason)
+    except IntelError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    ctx.reload_intel()
+    ctx.state.audit(
+        analyst.tenant_id,
+        analyst.name,
+        "intel.allow",
+        entry.value,
+        {"reason": request.reason},
+        "ok",
+    )
+    return {"type": str(entry.type), "value": entry.value, "reason": entry.reason}
