@@ -87,9 +87,25 @@ def test_missing_path_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path:
     assert status == 2 and "no such file or folder" in err
 
 
-def test_intel_is_refused_until_available(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _, err = scan(capsys, "--intel", "feed.csv", ATOMIC_LINUX)
-    assert status == 2 and "--intel is not available yet" in err
+def test_intel_feeds_match_offline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The Log4Shell victim's java process connects to 192.168.2.6 (LDAP, 1389).
+    feed = tmp_path / "c2.txt"
+    feed.write_text("# a plain list\n192.168.2.6\n")
+    status, out, err = scan(capsys, "--intel", feed, "--format", "jsonl", LOG4SHELL)
+    assert status == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    hits = [h for h in hits if h["rule"]["id"].startswith("intel:")]
+    assert hits and all(h["rule"]["id"] == "intel:ipv4:192.168.2.6" for h in hits)
+    assert "intel " in err and "added 1" in err
+
+
+def test_an_unreadable_intel_feed_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    feed = tmp_path / "broken.json"
+    feed.write_text("{not json")
+    status, _, err = scan(capsys, "--intel", feed, LOG4SHELL)
+    assert status == 2 and "broken.json" in err
 
 
 def test_corrupt_and_unknown_files_are_reported_and_others_go_on(

@@ -61,3 +61,14 @@ def test_destructive_actions_need_a_reason(
     with pytest.raises(CliError, match="reason"):
         running_server.api.call("POST", f"/hosts/{agent_id}/{action}", body)
     assert running_server.api.call("GET", "/tasks") == []
+
+
+def test_alerts_name_their_attack_techniques_and_tactics(
+    running_server: RunningServer, agent_id: str
+) -> None:
+    high = running_server.api.call("GET", "/alerts", params={"level": "high"})[0]
+    details = {d["id"]: d for d in high["attack_details"]}
+    assert details["T1140"]["name"] == "Deobfuscate/Decode Files or Information"
+    assert {"id": "defense-evasion", "name": "Defense Evasion"} in details["T1140"]["tactics"]
+    shown = running_server.api.call("GET", f"/alerts/{high['id']}")
+    assert shown["attack_details"] == high["attack_details"]

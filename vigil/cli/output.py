@@ -59,8 +59,11 @@ def _alert(result: dict[str, Any]) -> str:
         f"  alert:    {result['id']} ({result['status']})",
         f"  time:     {result['@timestamp']}",
         f"  host:     {result['host']['name']} ({result['host']['id']})",
-        f"  ATT&CK:   {', '.join(result['attack'])}"
-        f" ({', '.join(result['rule'].get('tactics', []))})",
+        "  ATT&CK:   "
+        + "; ".join(
+            f"{d['id']} {d['name'] or ''} ({', '.join(t['name'] or t['id'] for t in d['tactics'])})"
+            for d in result.get("attack_details", [])
+        ),
         f"  rule:     {result['rule']['id']}",
     ]
     if process:

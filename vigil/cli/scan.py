@@ -17,17 +17,19 @@ import csv
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from vigil.cli.output import table
 from vigil.detect import Rule, RuleSet, builtin_rules_dir
 from vigil.detect.fieldmap import default_fieldmap
 from vigil.detect.ruleset import load_file, rule_files
+from vigil.intel import IntelError, IntelHit, IntelIndex, IntelStore, import_feed, intel_alert
 from vigil.logsources.base import Event, reader_for
 from vigil.logsources.errors import LogSourceError, NoReader
 from vigil.schema.ecs import unflatten
@@ -77,7 +79,8 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         action="append",
         default=[],
         metavar="FILE",
-        help="a threat-intelligence file to match events against; repeatable (not available yet)",
+        help="a threat-intelligence feed (STIX JSON, MISP feed folder or event, CSV, plain list) "
+        "to match events against; repeatable",
     )
     scan.add_argument(
         "--format",
@@ -107,7 +110,66 @@ class ScanStats:
         return sum(self.by_rule.values())
 
 
-def detection(rule: Rule, event: Event) -> dict[str, Any]:
+class Finding(Protocol):
+    """What a detection reports about what fired: a Sigma rule, or an intelligence hit."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def attack_techniques(self) -> tuple[str, ...]: ...
+    @property
+    def attack_tactics(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class IntelFinding:
+    """An event that shows an indicator of a loaded feed, reported like a rule match."""
+
+    id: str
+    title: str
+    level: str
+    attack_techniques: tuple[str, ...] = ()
+    attack_tactics: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, hits: Sequence[IntelHit], event: Event) -> IntelFinding:
+        rule = intel_alert(hits, dict(event), str(event.get("host.name") or ""))["rule"]
+        return cls(rule["id"], rule["title"], rule["level"])
+
+
+def intel_kind(path: Path) -> str:
+    """The feed kind of a file or folder, from its shape."""
+    if path.is_dir():
+        return "misp"
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    if path.suffix.lower() == ".json":
+        head = path.read_text(errors="replace")[:4096]
+        return "misp" if '"Event"' in head else "stix"
+    return "list"
+
+
+def load_intel(paths: Sequence[Path], err: TextIO) -> IntelIndex | None:
+    """An index of every indicator in the feeds, or None when no feed was given."""
+    if not paths:
+        return None
+    with tempfile.TemporaryDirectory(prefix="vigil-scan-intel-") as folder:
+        store = IntelStore.open(Path(folder))
+        try:
+            for path in paths:
+                report = import_feed(store, path, intel_kind(path))
+                counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
+                print(f"vigil scan: intel {path}: {counts}", file=err)
+            return store.load_index()
+        finally:
+            store.close()
+
+
+def detection(rule: Finding, event: Event) -> dict[str, Any]:
     """One detection as written to JSON lines: rule, ATT&CK, time, the nested event, file."""
     found: dict[str, Any] = {
         "rule": {"id": rule.id, "title": rule.title, "level": rule.level},
@@ -188,7 +250,7 @@ class _Writer:
         if self.csv is not None:
             self.csv.writerow(CSV_COLUMNS)
 
-    def write(self, rule: Rule, event: Event) -> None:
+    def write(self, rule: Finding, event: Event) -> None:
         if self.fmt == "jsonl":
             line = json.dumps(detection(rule, event), ensure_ascii=False, default=str)
             self.out.write(line + "\n")
@@ -241,22 +303,20 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     Returns:
         The exit status: 0 when the scan ran, 2 for bad input.
     """
-    if args.intel:
-        # TODO(#4): match events against threat intelligence once vigil.intel offers a stable
-        # index API (another engineer is building it); until then refuse rather than ignore it.
-        print(
-            "vigil scan: --intel is not available yet (threat-intel matching in scan is not "
-            "built); run without --intel",
-            file=err,
-        )
-        return EXIT_BAD_INPUT
     paths = [Path(p) for p in args.paths]
-    missing = [str(p) for p in [*paths, *map(Path, args.rules)] if not p.exists()]
+    missing = [
+        str(p) for p in [*paths, *map(Path, args.rules), *map(Path, args.intel)] if not p.exists()
+    ]
     if missing:
         print(f"vigil scan: no such file or folder: {', '.join(missing)}", file=err)
         return EXIT_BAD_INPUT
 
     rules = load_rules([builtin_rules_dir(), *args.rules], err)
+    try:
+        intel = load_intel([Path(p) for p in args.intel], err)
+    except IntelError as exc:
+        print(f"vigil scan: {exc}", file=err)
+        return EXIT_BAD_INPUT
     fmt = args.format or ("table" if out.isatty() else "jsonl")
     minimum = LEVELS.index(args.min_level)
     status = EXIT_OK
@@ -287,7 +347,10 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             for event in reader.read(path):
                 stats.events += 1
-                for rule in rules.match(event):
+                findings: list[Finding] = list(rules.match(event))
+                if intel is not None and (hits := intel.match(event)):
+                    findings.append(IntelFinding.of(hits, event))
+                for rule in findings:
                     if _rank(rule.level) >= minimum:
                         stats.by_rule[(rule.id, rule.level, rule.title)] += 1
                         writer.write(rule, event)

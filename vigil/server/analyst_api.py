@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from vigil.cases.alerts import attack_details
 from vigil.cases.process_tree import process_tree
 from vigil.hunt.errors import HuntError
 from vigil.hunt.sql import run_hunt
@@ -192,7 +193,10 @@ def alerts(
 ) -> list[dict[str, Any]]:
     """Newest first; filter by triage status, minimum level and host."""
     levels = LEVELS[LEVELS.index(level) :] if level else None
-    return ctx.state.alerts(analyst.tenant_id, limit, status, levels, host)
+    found = ctx.state.alerts(analyst.tenant_id, limit, status, levels, host)
+    for item in found:
+        item["attack_details"] = attack_details(item["attack"])
+    return found
 
 
 @router.patch("/alerts/{alert_id}")
@@ -223,6 +227,7 @@ def alert(
     found = ctx.state.alert(analyst.tenant_id, alert_id)
     if found is None:
         raise HTTPException(404, f"no alert {alert_id!r}; see 'vigil alerts list'")
+    found["attack_details"] = attack_details(found["attack"])
     found["process_tree"] = process_tree(ctx.telemetry, analyst.tenant_id, found["event"])
     return found
 
