@@ -225,7 +225,7 @@ def test_unreadable_file_is_reported(tmp_path: Path, text: str) -> None:
     assert ruleset.errors[0].message
 
 
-def test_correlation_rule_is_reported(tmp_path: Path) -> None:
+def test_correlation_rule_is_linked_across_files(tmp_path: Path) -> None:
     correlation = """
 title: many curls
 id: 0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01
@@ -236,11 +236,32 @@ correlation:
   timespan: 5m
   condition: {gte: 10}
 """
+    (tmp_path / "a.yml").write_text(correlation, encoding="utf-8")
+    (tmp_path / "b.yml").write_text(rule_text(CURL), encoding="utf-8")
+    ruleset = RuleSet.from_paths([tmp_path])
+    assert not ruleset.errors
+    assert [c.id for c in ruleset.correlations] == ["0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01"]
+    assert ruleset.correlations[0].rules == ("5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11",)
+    assert [rule.generate for rule in ruleset.rules] == [False]
+
+
+def test_correlation_of_a_missing_rule_is_reported(tmp_path: Path) -> None:
+    correlation = """
+title: many curls
+id: 0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01
+correlation:
+  type: event_count
+  rules: [no-such-rule]
+  group-by: [User]
+  timespan: 5m
+  condition: {gte: 10}
+"""
     (tmp_path / "c.yml").write_text(rule_text(CURL) + "---\n" + correlation, encoding="utf-8")
     ruleset = RuleSet.from_paths([tmp_path])
-    assert len(ruleset.rules) == 1
+    assert len(ruleset.rules) == 1 and ruleset.rules[0].generate
+    assert ruleset.correlations == []
     assert [e.rule_id for e in ruleset.errors] == ["0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01"]
-    assert "correlation" in ruleset.errors[0].message
+    assert "'no-such-rule', which is not loaded" in ruleset.errors[0].message
 
 
 def test_builtin_rules_dir_is_the_repo_rules_folder() -> None:

@@ -38,6 +38,10 @@ class Rule:
         attack_tactics: ATT&CK tactic tags as written (``defense-evasion``).
         path: The file the rule came from.
         logsource: The rule's ``logsource`` section (product, category, service).
+        name: The rule's ``name``, by which correlation rules may refer to it.
+        generate: Whether the rule's own matches are alerts. False when a correlation rule that
+            refers to it has ``generate: false`` (Sigma's default): it still fires, for the
+            correlation, but the server must not raise an alert for it.
     """
 
     id: str
@@ -52,6 +56,8 @@ class Rule:
     _detect: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
     _logsource_key: LogSource = field(repr=False, compare=False)
     _needs: Needs = field(default=NO_NEEDS, repr=False, compare=False)
+    name: str | None = None
+    generate: bool = True
 
     def applies_to(self, event: Mapping[str, Any]) -> bool:
         """Whether the event belongs to the rule's log source."""
@@ -159,4 +165,5 @@ def compile_rule(sigma_rule: SigmaRule, path: str, index: int, fieldmap: FieldMa
         _detect=compiled.test,
         _logsource_key=LogSource.from_mapping(logsource),
         _needs=compiled.needs,
+        name=sigma_rule.name,
     )

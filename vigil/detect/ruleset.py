@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,18 @@ from sigma.exceptions import SigmaError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
 import vigil
+from vigil.detect.correlation import (
+    DEFAULT_MAX_EVENTS_PER_KEY,
+    DEFAULT_MAX_KEYS,
+    Correlation,
+    CorrelationEngine,
+    compile_correlation,
+    reference_key,
+)
 from vigil.detect.errors import DetectError
 from vigil.detect.fieldmap import FieldMap, default_fieldmap
 from vigil.detect.logsource import LogSource, event_logsources
+from vigil.detect.placeholders import Placeholders, resolve_placeholders
 from vigil.detect.prefilter import Prefilter
 from vigil.detect.rules import Rule, RuleLoadError, compile_rule, rule_id
 
@@ -59,49 +68,174 @@ def _message(exc: BaseException) -> str:
     return str(exc)
 
 
-def load_file(path: Path, fieldmap: FieldMap) -> tuple[list[Rule], list[RuleLoadError]]:
-    """Load and compile every rule of one file; failures come back as errors, not exceptions."""
+def load_file(
+    path: Path, fieldmap: FieldMap, placeholders: Placeholders | None = None
+) -> tuple[list[Rule], list[RuleLoadError]]:
+    """Load and compile every base rule of one file; failures come back as errors.
+
+    Correlation rules are reported as errors here: they need the whole set their references
+    may point into, which :meth:`RuleSet.from_paths` loads.
+    """
+    loaded = parse_file(path, fieldmap, placeholders)
+    return loaded.rules, loaded.errors + _unlinked(loaded)
+
+
+def load_text(
+    text: str, path: str, fieldmap: FieldMap, placeholders: Placeholders | None = None
+) -> tuple[list[Rule], list[RuleLoadError]]:
+    """Load and compile every base rule of a YAML text said to come from path (see load_file)."""
+    loaded = parse_text(text, path, fieldmap, placeholders)
+    return loaded.rules, loaded.errors + _unlinked(loaded)
+
+
+def _unlinked(loaded: LoadedFile) -> list[RuleLoadError]:
+    return [
+        RuleLoadError(
+            path,
+            str(sigma_rule.id) if sigma_rule.id else sigma_rule.name,
+            "correlation rules are evaluated by RuleSet.from_paths and its correlation engine, "
+            "not by single-file loading",
+        )
+        for sigma_rule, path, _ in loaded.pending
+    ]
+
+
+@dataclass
+class LoadedFile:
+    """What one rule file holds: compiled base rules, correlation rules still to be linked
+    to the rules they refer to, and the rules that did not load."""
+
+    rules: list[Rule] = field(default_factory=list)
+    pending: list[tuple[SigmaCorrelationRule, str, int]] = field(default_factory=list)
+    errors: list[RuleLoadError] = field(default_factory=list)
+
+
+def parse_file(path: Path, fieldmap: FieldMap, placeholders: Placeholders | None) -> LoadedFile:
+    """Read and parse one rule file (see :func:`parse_text`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [RuleLoadError(str(path), None, f"cannot read rule file: {exc}")]
-    return load_text(text, str(path), fieldmap)
+        return LoadedFile(errors=[RuleLoadError(str(path), None, f"cannot read rule file: {exc}")])
+    return parse_text(text, str(path), fieldmap, placeholders)
 
 
-def load_text(text: str, path: str, fieldmap: FieldMap) -> tuple[list[Rule], list[RuleLoadError]]:
-    """Load and compile every rule of a YAML text (one or more documents) said to come from path."""
-    shown = path
+def parse_text(
+    text: str, path: str, fieldmap: FieldMap, placeholders: Placeholders | None
+) -> LoadedFile:
+    """Compile the base rules of a YAML text and set its correlation rules aside for linking.
+
+    Args:
+        text: One or more Sigma YAML documents.
+        path: Where the text came from, for rules and errors.
+        fieldmap: The Sigma-to-ECS field table.
+        placeholders: Values of ``%name%`` placeholders (``|expand``); None for none.
+    """
     try:
         collection = SigmaCollection.from_yaml(
-            text, collect_errors=True, source=SigmaRuleLocation(Path(path))
+            text,
+            collect_errors=True,
+            source=SigmaRuleLocation(Path(path)),
+            resolve_references=False,
         )
     except (yaml.YAMLError, SigmaError) as exc:
-        return [], [RuleLoadError(shown, None, f"cannot parse rule file: {_message(exc)}")]
+        return LoadedFile(
+            errors=[RuleLoadError(path, None, f"cannot parse rule file: {_message(exc)}")]
+        )
 
-    rules: list[Rule] = []
-    errors: list[RuleLoadError] = []
+    loaded = LoadedFile()
     if not collection.rules:
-        errors.extend(RuleLoadError(shown, None, _message(e)) for e in collection.errors)
+        loaded.errors.extend(RuleLoadError(path, None, _message(e)) for e in collection.errors)
     for index, sigma_rule in enumerate(collection.rules):
         ident = str(sigma_rule.id) if sigma_rule.id else None
-        if isinstance(sigma_rule, SigmaCorrelationRule):
-            errors.append(
-                RuleLoadError(
-                    shown, ident, "correlation rules are not supported yet; load them elsewhere"
-                )
-            )
-            continue
-        if not isinstance(sigma_rule, SigmaRule):
-            continue
         if sigma_rule.errors:
             problems = "; ".join(_message(e) for e in sigma_rule.errors)
-            errors.append(RuleLoadError(shown, ident, f"invalid Sigma rule: {problems}"))
-            continue
-        try:
-            rules.append(compile_rule(sigma_rule, shown, index, fieldmap))
-        except (DetectError, SigmaError) as exc:
-            errors.append(RuleLoadError(shown, rule_id(sigma_rule, shown, index), _message(exc)))
-    return rules, errors
+            kind = "correlation" if isinstance(sigma_rule, SigmaCorrelationRule) else "Sigma"
+            loaded.errors.append(RuleLoadError(path, ident, f"invalid {kind} rule: {problems}"))
+        elif isinstance(sigma_rule, SigmaCorrelationRule):
+            loaded.pending.append((sigma_rule, path, index))
+        elif isinstance(sigma_rule, SigmaRule):
+            try:
+                resolve_placeholders(sigma_rule, placeholders or {})
+                loaded.rules.append(compile_rule(sigma_rule, path, index, fieldmap))
+            except (DetectError, SigmaError) as exc:
+                loaded.errors.append(
+                    RuleLoadError(path, rule_id(sigma_rule, path, index), _message(exc))
+                )
+    return loaded
+
+
+def link_correlations(
+    rules: Sequence[Rule],
+    pending: Sequence[tuple[SigmaCorrelationRule, str, int]],
+    fieldmap: FieldMap,
+) -> tuple[list[Rule], list[Correlation], list[RuleLoadError]]:
+    """Resolve correlation rules against the loaded rules, and mark which rules alert.
+
+    A correlation may refer to rules of any file of the set, and to other correlations; it is
+    compiled once everything it refers to is. A rule referred to only by correlations with
+    ``generate: false`` (Sigma's default) gets ``Rule.generate = False``.
+
+    Returns:
+        The rules (with their ``generate`` flag), the correlations, and the correlations that
+        could not be linked or compiled.
+    """
+    targets: dict[str, Rule | Correlation] = {}
+    for rule in rules:
+        for key in (rule.id, rule.name):
+            if key:
+                targets.setdefault(reference_key(key), rule)
+    correlations: list[Correlation] = []
+    errors: list[RuleLoadError] = []
+    waiting = list(pending)
+    while waiting:
+        progress = False
+        for item in list(waiting):
+            sigma_rule, path, index = item
+            refs = [reference_key(r.reference) for r in sigma_rule.rules or ()]
+            if not all(ref in targets for ref in refs) and any(
+                _names(other) & set(refs) for other, _, _ in waiting if other is not sigma_rule
+            ):
+                continue  # it refers to a correlation not compiled yet
+            waiting.remove(item)
+            progress = True
+            try:
+                correlation = compile_correlation(sigma_rule, path, index, targets, fieldmap)
+            except (DetectError, SigmaError) as exc:
+                ident = str(sigma_rule.id) if sigma_rule.id else sigma_rule.name
+                errors.append(RuleLoadError(path, ident, _message(exc)))
+                continue
+            correlations.append(correlation)
+            for key in (correlation.id, correlation.name):
+                if key:
+                    targets.setdefault(reference_key(key), correlation)
+        if not progress:
+            errors.extend(
+                RuleLoadError(
+                    path,
+                    str(sigma_rule.id) if sigma_rule.id else sigma_rule.name,
+                    "correlation rules refer to each other in a cycle; break the cycle",
+                )
+                for sigma_rule, path, _ in waiting
+            )
+            break
+
+    # A referenced rule alerts itself only if some correlation referring to it says so.
+    referenced: dict[str, bool] = {}
+    for correlation in correlations:
+        for ref in correlation.rules:
+            referenced[ref] = referenced.get(ref, False) or correlation.generate_referenced
+    rules = [
+        replace(rule, generate=referenced[rule.id]) if rule.id in referenced else rule
+        for rule in rules
+    ]
+    correlations = [
+        replace(c, generate=referenced[c.id]) if c.id in referenced else c for c in correlations
+    ]
+    return rules, correlations, errors
+
+
+def _names(sigma_rule: SigmaCorrelationRule) -> set[str]:
+    return {reference_key(str(k)) for k in (sigma_rule.id, sigma_rule.name) if k}
 
 
 @dataclass(frozen=True)
@@ -117,19 +251,30 @@ class RuleSet:
     """Compiled rules indexed by log source and by literal prefilters, plus load failures.
 
     Attributes:
-        rules: Every compiled rule, in load order.
+        rules: Every compiled base rule, in load order. Rules with ``generate`` False fire for
+            correlations only: do not raise alerts for them.
+        correlations: Every linked correlation rule; evaluate them with
+            :meth:`correlation_engine`.
         errors: One entry per rule or file that could not be loaded.
     """
 
-    def __init__(self, rules: Iterable[Rule] = (), errors: Iterable[RuleLoadError] = ()) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        errors: Iterable[RuleLoadError] = (),
+        correlations: Iterable[Correlation] = (),
+    ) -> None:
         """Index already compiled rules.
 
         Args:
             rules: The rules to match with.
             errors: Load errors to keep beside them.
+            correlations: Correlation rules linked to these rules (see
+                :func:`link_correlations`).
         """
         self.rules: list[Rule] = list(rules)
         self.errors: list[RuleLoadError] = list(errors)
+        self.correlations: list[Correlation] = list(correlations)
         self._index: dict[LogSource, list[Rule]] = {}
         for rule in self.rules:
             self._index.setdefault(LogSource.from_mapping(rule.logsource), []).append(rule)
@@ -137,42 +282,78 @@ class RuleSet:
         self._plan_memo: dict[tuple[LogSource, ...], _Plan] = {}
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | Path], fieldmap: FieldMap | None = None) -> RuleSet:
+    def from_paths(
+        cls,
+        paths: Sequence[str | Path],
+        fieldmap: FieldMap | None = None,
+        placeholders: Placeholders | None = None,
+    ) -> RuleSet:
         """Load rules from files and folders (folders recursively, ``*.yml`` and ``*.yaml``).
 
         A rule that cannot be loaded is skipped and recorded in :attr:`errors`; the others load.
+        Correlation rules may refer to rules in any of the files.
 
         Args:
             paths: Rule files and folders.
             fieldmap: The field table; Vigil's own ``fieldmap.yml`` when None.
+            placeholders: Values of ``%name%`` placeholders (``field|expand``), e.g. from
+                :func:`vigil.detect.placeholders.load_placeholders`; a rule using one that is
+                not given is recorded in :attr:`errors`.
         """
         fieldmap = fieldmap or default_fieldmap()
-        rules: list[Rule] = []
-        errors: list[RuleLoadError] = []
+        everything = LoadedFile()
         for path in rule_files(paths):
-            loaded, failed = load_file(path, fieldmap)
-            rules.extend(loaded)
-            errors.extend(failed)
-        for error in errors:
-            logger.warning("rule not loaded: %s", error)
-        logger.info("loaded %d rules, %d failed", len(rules), len(errors))
-        return cls(rules, errors)
+            loaded = parse_file(path, fieldmap, placeholders)
+            everything.rules.extend(loaded.rules)
+            everything.pending.extend(loaded.pending)
+            everything.errors.extend(loaded.errors)
+        return cls._linked(everything, fieldmap)
 
     @classmethod
     def from_yaml(
-        cls, text: str, path: str = "<memory>", fieldmap: FieldMap | None = None
+        cls,
+        text: str,
+        path: str = "<memory>",
+        fieldmap: FieldMap | None = None,
+        placeholders: Placeholders | None = None,
     ) -> RuleSet:
         """Load rules from YAML text, e.g. a rule uploaded through the API or written in a test.
 
         Args:
-            text: One or more Sigma YAML documents.
+            text: One or more Sigma YAML documents (rules and correlation rules).
             path: The name to give the source in :class:`Rule` and :class:`RuleLoadError`.
             fieldmap: The field table; Vigil's own ``fieldmap.yml`` when None.
+            placeholders: Values of ``%name%`` placeholders, as for :meth:`from_paths`.
         """
-        rules, errors = load_text(text, path, fieldmap or default_fieldmap())
+        fieldmap = fieldmap or default_fieldmap()
+        return cls._linked(parse_text(text, path, fieldmap, placeholders), fieldmap)
+
+    @classmethod
+    def _linked(cls, loaded: LoadedFile, fieldmap: FieldMap) -> RuleSet:
+        rules, correlations, failed = link_correlations(loaded.rules, loaded.pending, fieldmap)
+        errors = loaded.errors + failed
         for error in errors:
             logger.warning("rule not loaded: %s", error)
-        return cls(rules, errors)
+        logger.info(
+            "loaded %d rules and %d correlations, %d failed",
+            len(rules),
+            len(correlations),
+            len(errors),
+        )
+        return cls(rules, errors, correlations)
+
+    def correlation_engine(
+        self,
+        max_events_per_key: int = DEFAULT_MAX_EVENTS_PER_KEY,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> CorrelationEngine:
+        """A new engine for this set's correlations (one per stream, e.g. per tenant).
+
+        Args:
+            max_events_per_key: Matches kept per (correlation, group) window.
+            max_keys: (correlation, group) windows kept open.
+        """
+        return CorrelationEngine(self.correlations, max_events_per_key, max_keys)
 
     def candidates(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose log source the event belongs to, each once."""
