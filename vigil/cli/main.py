@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import logutil
-from vigil.cli import output, scan
+from vigil.cli import output, rules, scan
 from vigil.cli.client import ApiClient, CliError
 from vigil.errors import VigilError
 
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_show.add_argument("task_id")
 
     scan.add_parser(sub, parents=[common])
+    rules.add_parser(sub, parents=[common])
     return parser
 
 
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_long(args)
         if args.command == "scan":
             return scan.run(args)
+        if args.command == "rules":
+            return rules.run(args)
         result = _api_call(args, ApiClient.from_environment(_data_dir(args)))
     except (CliError, VigilError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)

@@ -1,0 +1,100 @@
+"""``vigil rules check``: per-rule failures, the summary, exit status and JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vigil.cli.main import main
+
+from .helpers import rule_text
+
+GOOD = {"selection": {"Image|endswith": "/curl"}, "condition": "selection"}
+CORRELATION = """title: many curls
+id: 0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01
+correlation:
+  type: event_count
+  rules: [5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11]
+  group-by: [User]
+  timespan: 5m
+  condition: {gte: 10}
+"""
+ORPHAN = CORRELATION.replace("5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11", "missing_rule")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    (rules / "nested").mkdir(parents=True)
+    (rules / "good.yml").write_text(rule_text(GOOD), encoding="utf-8")
+    (rules / "nested" / "corr.yml").write_text(CORRELATION, encoding="utf-8")
+    return rules
+
+
+def test_all_load(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "2 files: 1 rules and 1 correlation rules loaded, 0 failed" in out
+
+
+def test_failures_are_listed_and_summarised(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expand = {"selection": {"Image|expand": "%tools%"}, "condition": "selection"}
+    (folder / "expand.yml").write_text(rule_text(expand, id="6d1c2b3a-0000-4000-8000-000000000001"))
+    (folder / "orphan.yml").write_text(ORPHAN)
+    (folder / "broken.yml").write_text("title: [unclosed\n")
+    assert main(["rules", "check", str(folder)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    failures = [line for line in lines if line.startswith(str(folder))]
+    assert len(failures) == 3 and len(lines) == 3 + 1 + 3
+    assert any("expand.yml" in line and "placeholder %tools%" in line for line in failures)
+    assert any("orphan.yml" in line and "'missing_rule'" in line for line in failures)
+    assert "5 files: 1 rules and 1 correlation rules loaded, 3 failed" in lines
+    assert "       1  placeholder %tools% has no values" in lines
+
+    (tmp_path / "values.yml").write_text("tools: [/usr/bin/nmap]\n")
+    main(["rules", "check", str(folder), "--placeholders", str(tmp_path / "values.yml")])
+    assert "2 rules and 1 correlation rules loaded, 2 failed" in capsys.readouterr().out
+
+
+def test_json(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "orphan.yml").write_text(ORPHAN)
+    assert main(["rules", "check", "--json", str(folder)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["files"], report["rules"], report["correlations"], report["failed"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    [error] = report["errors"]
+    assert error["path"].endswith("orphan.yml")
+    assert error["rule_id"] == "0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01"
+    assert report["by_reason"] == {error["reason"]: 1}
+    assert error["reason"] == "correlation refers to rule '...', which is not loaded"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(["/no/such/folder"], id="missing-path"),
+        pytest.param(["--placeholders", "/no/such/file.yml"], id="missing-placeholders"),
+    ],
+)
+def test_bad_arguments(folder: Path, extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(folder), *extra]) == 2
+    assert "vigil rules check:" in capsys.readouterr().err
+
+
+def test_no_rule_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(tmp_path)]) == 2
+    assert "no rule files" in capsys.readouterr().err
+
+
+def test_no_folder_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rules", "check"])
+    assert exit_info.value.code == 2
