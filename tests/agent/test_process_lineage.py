@@ -49,7 +49,7 @@ def _with(events: Events, action: str, needle: str) -> Events:
 
 FORK_THEN_EXEC = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, time
     child = os.fork()
     if child == 0:
         # The forked child never execs; it reports itself, then forks a grandchild that does.
@@ -60,6 +60,9 @@ FORK_THEN_EXEC = textwrap.dedent(
         if grandchild == 0:
             os.execv("/bin/true", ["/bin/true", "lineage-marker"])
         os.waitpid(grandchild, 0)
+        # Stay alive a moment: the parent's fork record can reach the agent after the
+        # grandchild's exec, and the agent then reads this process from /proc instead.
+        time.sleep(1)
         os._exit(0)
     os.waitpid(child, 0)
     """

@@ -213,7 +213,9 @@ def test_hunt_finds_the_exact_command_line(vigil_up: Path, tmp_path: Path) -> No
     deadline = time.monotonic() + WAIT_SECONDS
     sql = (
         'SELECT "process.args", "process.command_line" FROM events '
-        f"WHERE \"process.command_line\" LIKE '%{marker}%'"
+        f"WHERE \"process.command_line\" LIKE '%{marker}%' "
+        "AND \"process.name\" = 'echo' "
+        "AND list_contains(\"event.type\", 'start')"
     )
     while time.monotonic() < deadline:
         rows = vigil_json(vigil_up, "hunt", "--sql", sql)["rows"]
