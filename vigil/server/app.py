@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 import vigil
 from vigil.server import agent_api, analyst_api, intel_api
 from vigil.server.context import ServerConfig, ServerContext
+from vigil.server.correlate import flush_periodically
 from vigil.server.tls import ClientCertH11Protocol
 from vigil.server.visibility import watch_agents
 from vigil.store.state import DEFAULT_TENANT
@@ -43,9 +44,13 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.doorbells.loop = asyncio.get_running_loop()
-        watcher = asyncio.create_task(watch_agents(ctx))
+        background = [
+            asyncio.create_task(watch_agents(ctx)),
+            asyncio.create_task(flush_periodically(ctx.correlator, ctx.state.add_alert)),
+        ]
         yield
-        watcher.cancel()
+        for task in background:
+            task.cancel()
 
     app = FastAPI(title="Vigil", version=vigil.__version__, lifespan=lifespan)
     app.state.ctx = ctx

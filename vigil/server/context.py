@@ -11,6 +11,7 @@ from pathlib import Path
 from vigil.detect import RuleSet
 from vigil.intel import IntelIndex, IntelStore
 from vigil.server import pki
+from vigil.server.correlate import Correlator
 from vigil.store.state import StateStore
 from vigil.store.telemetry import TelemetryStore
 
@@ -79,6 +80,7 @@ class ServerContext:
     telemetry: TelemetryStore
     authority: pki.Authority
     rules: RuleSet
+    correlator: Correlator
     doorbells: Doorbells
     intel: IntelStore
     # Swapped whole after an import or an allow-list change; ingest reads the reference.
@@ -99,6 +101,7 @@ class ServerContext:
             telemetry=TelemetryStore(config.data_dir / "telemetry.duckdb"),
             authority=authority,
             rules=rules,
+            correlator=Correlator(rules),
             doorbells=Doorbells(),
             intel=intel,
             intel_index=intel.load_index(),

@@ -38,7 +38,18 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
             log.info(
                 "intel alert %s: %s on %s", alert["id"], alert["rule"]["title"], agent["hostname"]
             )
-        for rule in ctx.rules.match(flat):
+        fired = ctx.rules.match(flat)
+        for alert in ctx.correlator.feed(agent["tenant_id"], flat, fired):
+            ctx.state.add_alert(agent["tenant_id"], alert)
+            log.info(
+                "correlation alert %s: %s on %s",
+                alert["id"],
+                alert["rule"]["title"],
+                agent["hostname"],
+            )
+        for rule in fired:
+            if not rule.generate:
+                continue  # it only feeds correlation rules
             alert = build_alert(rule, flat, agent["hostname"])
             ctx.state.add_alert(agent["tenant_id"], alert)
             log.info(
