@@ -134,3 +134,43 @@ def test_rule_load_errors_are_reported_once_and_not_fatal(
     )
     assert status == 0 and len(out.splitlines()) == 1
     assert err.count("rule not loaded") == 1 and "bad.yml" in err
+
+
+BRUTE_FORCE = """
+title: Failed SSH login
+id: 5b1c7a3e-2d4f-4e6a-9b8c-7d6e5f4a3b2c
+name: ssh_failed_login
+status: test
+logsource: {product: linux, service: sshd}
+detection:
+  selection: {event.action: ssh_login, event.outcome: failure}
+  condition: selection
+level: low
+---
+title: SSH brute force from one address
+id: 9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b
+status: test
+correlation:
+  type: event_count
+  rules: [ssh_failed_login]
+  group-by: [source.ip]
+  timespan: 5m
+  condition: {gte: 10}
+tags: [attack.credential-access, attack.t1110]
+level: high
+"""
+
+
+def test_correlation_rules_run_over_offline_logs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rules = tmp_path / "brute.yml"
+    rules.write_text(BRUTE_FORCE)
+    ssh_log = DATA / "linux-logs" / "loghub" / "OpenSSH" / "OpenSSH_2k.log"
+    status, out, err = scan(capsys, "--rules", rules, "--format", "jsonl", ssh_log)
+    assert status == 0, err
+    found = [json.loads(line) for line in out.splitlines()]
+    titles = {f["rule"]["title"] for f in found}
+    assert titles == {"SSH brute force from one address"}  # the base rule only feeds it
+    sources = {f["event"]["source"]["ip"] for f in found}
+    assert {"183.62.140.253", "187.141.143.180"} <= sources

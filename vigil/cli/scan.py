@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from vigil.cli.output import table
-from vigil.detect import Rule, RuleSet, builtin_rules_dir
-from vigil.detect.fieldmap import default_fieldmap
-from vigil.detect.ruleset import load_file, rule_files
+from vigil.detect import CorrelationHit, RuleSet, builtin_rules_dir
 from vigil.intel import IntelError, IntelHit, IntelIndex, IntelStore, import_feed, intel_alert
 from vigil.logsources.base import Event, reader_for
 from vigil.logsources.errors import LogSourceError, NoReader
@@ -141,6 +139,15 @@ class IntelFinding:
         return cls(rule["id"], rule["title"], rule["level"])
 
 
+def correlation_findings(hits: Sequence[CorrelationHit]) -> list[tuple[Finding, Event]]:
+    """Each correlation that fired, reported with the newest event that made it."""
+    return [
+        (hit.correlation, dict(hit.events[-1]))
+        for hit in hits
+        if hit.correlation.generate and hit.events
+    ]
+
+
 def intel_kind(path: Path) -> str:
     """The feed kind of a file or folder, from its shape."""
     if path.is_dir():
@@ -186,17 +193,11 @@ def detection(rule: Finding, event: Event) -> dict[str, Any]:
 
 
 def load_rules(paths: Sequence[str | Path], err: TextIO) -> RuleSet:
-    """Load the rules, reporting each rule that does not load once on ``err``."""
-    fieldmap = default_fieldmap()
-    rules: list[Rule] = []
-    errors = []
-    for path in rule_files(paths):
-        loaded, failed = load_file(path, fieldmap)
-        rules.extend(loaded)
-        errors.extend(failed)
-    for error in errors:
+    """Load the rules and correlations, reporting each rule that does not load once on ``err``."""
+    rules = RuleSet.from_paths(list(paths))
+    for error in rules.errors:
         print(f"vigil scan: rule not loaded: {error}", file=err)
-    return RuleSet(rules, errors)
+    return rules
 
 
 def scan_files(paths: Sequence[Path]) -> Iterator[tuple[Path, bool]]:
@@ -317,6 +318,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except IntelError as exc:
         print(f"vigil scan: {exc}", file=err)
         return EXIT_BAD_INPUT
+    correlations = rules.correlation_engine()
     fmt = args.format or ("table" if out.isatty() else "jsonl")
     minimum = LEVELS.index(args.min_level)
     status = EXIT_OK
@@ -325,6 +327,12 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     files = list(scan_files(paths))
     progress = _Progress(len(files), err)
     writer = _Writer(fmt, out)
+
+    def report(found: list[tuple[Finding, Event]]) -> None:
+        for rule, event in found:
+            if _rank(rule.level) >= minimum:
+                stats.by_rule[(rule.id, rule.level, rule.title)] += 1
+                writer.write(rule, event)
 
     for done, (path, named) in enumerate(files, start=1):
         progress.update(done - 1, stats.events)
@@ -347,13 +355,12 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             for event in reader.read(path):
                 stats.events += 1
-                findings: list[Finding] = list(rules.match(event))
+                fired = rules.match(event)
+                found: list[tuple[Finding, Event]] = [(r, event) for r in fired if r.generate]
+                found += correlation_findings(correlations.feed(event, fired))
                 if intel is not None and (hits := intel.match(event)):
-                    findings.append(IntelFinding.of(hits, event))
-                for rule in findings:
-                    if _rank(rule.level) >= minimum:
-                        stats.by_rule[(rule.id, rule.level, rule.title)] += 1
-                        writer.write(rule, event)
+                    found.append((IntelFinding.of(hits, event), event))
+                report(found)
                 if stats.events % 4096 == 0:
                     progress.update(done - 1, stats.events)
         except LogSourceError as exc:
@@ -366,6 +373,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             kinds = ", ".join(f"{kind} x{count}" for kind, count in reader.warnings.items())
             print(f"vigil scan: {path}: {warned} records skipped ({kinds})", file=err)
 
+    report(correlation_findings(correlations.flush(None)))
     progress.update(len(files), stats.events, force=True)
     progress.close()
     writer.close()
