@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,9 +46,11 @@ class RunningServer:
 
 
 def start_server(
-    data_dir: Path, rule_paths: list[Path], host: str = "127.0.0.1"
-) -> tuple[RunningServer, object, threading.Thread]:
-    config = ServerConfig(data_dir=data_dir, host=host, port=free_port(host), rule_paths=rule_paths)
+    data_dir: Path, rule_paths: list[Path], host: str = "127.0.0.1", port: int | None = None
+) -> tuple[RunningServer, Any, threading.Thread]:
+    config = ServerConfig(
+        data_dir=data_dir, host=host, port=port or free_port(host), rule_paths=rule_paths
+    )
     ctx, server = build_server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
