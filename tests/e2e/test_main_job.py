@@ -122,6 +122,9 @@ def procedures(work: Path) -> list[tuple[str, atomic.Procedure, str, str, str]]:
     history = work / "home" / ".bash_history"
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text("ls\n")
+    padded, stomped = work / "evil-binary", work / "access.txt"
+    shutil.copy("/usr/bin/true", padded)
+    stomped.write_text("x")
     return [
         (
             "base64-decode",
@@ -160,6 +163,24 @@ def procedures(work: Path) -> list[tuple[str, atomic.Procedure, str, str, str]]:
             "b45e3d6f-42c6-47d8-a478-df6bd6cf534c",
             "T1087.001",
             "/etc/shadow",
+        ),
+        (
+            "binary-padding",
+            atomic.load(
+                "T1027.001", "ffe2346c-abd5-4b45-a713-bf5f1ebd573a", file_to_pad=str(padded)
+            ),
+            "c52a914f-3d8b-4b2a-bb75-b3991e75f8ba",  # an auditd rule, on the EXECVE view
+            "T1027.001",
+            "if=/dev/zero",
+        ),
+        (
+            "timestomp",
+            atomic.load(
+                "T1070.006", "5f9113d5-ed75-47ed-ba23-ea3573d05810", target_filename=str(stomped)
+            ),
+            "b3cec4e7-6901-4b0d-a02d-8ab2d8eb818b",
+            "T1070.006",
+            str(stomped),
         ),
         (
             "hostname",

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from vigil.cases.alerts import build_alert
+from vigil.detect.auditd_view import execve_view, is_auditd_rule
 from vigil.intel import intel_alert
 from vigil.schema.validate import validate_batch
 from vigil.schema.wire import BatchAck, EventBatch
@@ -39,6 +40,10 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
                 "intel alert %s: %s on %s", alert["id"], alert["rule"]["title"], agent["hostname"]
             )
         fired = ctx.rules.match(flat)
+        view = execve_view(flat)
+        if view is not None:
+            # Only auditd rules: product-only rules have already seen the event itself.
+            fired += [r for r in ctx.rules.match(view) if is_auditd_rule(r.logsource)]
         for alert in ctx.correlator.feed(agent["tenant_id"], flat, fired):
             ctx.state.add_alert(agent["tenant_id"], alert)
             log.info(
