@@ -65,6 +65,8 @@ def test_a_connection_to_a_listed_c2_raises_an_alert(
     alerts = intel_alerts(running_server)
     assert len(alerts) == 1
     assert alerts[0]["event"]["destination"]["ip"] == "192.9.135.73"
+    assert alerts[0]["intel"][0]["field"] == "destination.ip"
+    assert alerts[0]["intel"][0]["source"].startswith("feodotracker")
     assert "retro_hunt" not in alerts[0]["rule"]
 
 

@@ -21,6 +21,10 @@ from typing import Any
 from vigil.schema.ecs import iso_epoch
 
 DEFAULT_TENANT = "default"
+# The parts every alert has; anything else an alert carries is stored with it as details.
+ALERT_KEYS = frozenset(
+    {"id", "@timestamp", "rule", "attack", "host", "entity_id", "event", "status"}
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL);
@@ -37,7 +41,7 @@ CREATE TABLE IF NOT EXISTS agents (
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created REAL, timestamp TEXT,
     rule TEXT, attack TEXT, host_id TEXT, host_name TEXT, entity_id TEXT, event TEXT,
-    status TEXT DEFAULT 'new');
+    status TEXT DEFAULT 'new', details TEXT);
 CREATE INDEX IF NOT EXISTS alerts_by_tenant ON alerts (tenant_id, created);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, agent_id TEXT NOT NULL, action TEXT,
@@ -80,6 +84,9 @@ class StateStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
         if "silent" not in columns:
             self._db.execute("ALTER TABLE agents ADD COLUMN silent INTEGER DEFAULT 0")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(alerts)")}
+        if "details" not in columns:
+            self._db.execute("ALTER TABLE alerts ADD COLUMN details TEXT")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -185,9 +192,11 @@ class StateStore:
     # Alerts.
 
     def add_alert(self, tenant_id: str, alert: dict[str, Any]) -> None:
+        """Store an alert; keys beyond the common ones (``intel``...) are kept as they are."""
+        details = {k: v for k, v in alert.items() if k not in ALERT_KEYS}
         self._exec(
             "INSERT INTO alerts (id, tenant_id, created, timestamp, rule, attack, host_id,"
-            " host_name, entity_id, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " host_name, entity_id, event, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 alert["id"],
                 tenant_id,
@@ -198,7 +207,8 @@ class StateStore:
                 alert["host"]["id"],
                 alert["host"]["name"],
                 alert.get("entity_id"),
-                json.dumps(alert["event"]),
+                json.dumps(alert["event"], default=str),
+                json.dumps(details, default=str) if details else None,
             ),
         )
 
@@ -335,7 +345,7 @@ class StateStore:
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
-    return {
+    alert = {
         "id": row["id"],
         "@timestamp": row["timestamp"],
         "rule": json.loads(row["rule"]),
@@ -344,6 +354,9 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "event": json.loads(row["event"]),
     }
+    if row.get("details"):
+        alert.update(json.loads(row["details"]))
+    return alert
 
 
 def _task(row: dict[str, Any]) -> dict[str, Any]:
