@@ -7,6 +7,9 @@ the test and sent as an agent would send them.
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from tests.server.test_agent_protocol import process_event
 from vigil.agent import identity
 from vigil.agent.transport import ServerLink
 from vigil.cli.main import read_feed_files
+from vigil.server.intel_api import refresh_due
 
 INTEL = SHARED_DATA / "threat-intel"
 FEODO = INTEL / "abuse.ch" / "feodotracker_ipblocklist_2024-04-04.csv"
@@ -107,3 +111,64 @@ def test_a_feed_that_cannot_be_read_says_why(running_server: RunningServer) -> N
         running_server.api.call(
             "POST", "/intel/import", {"kind": "list", "files": {"../etc/x": "1.2.3.4"}}
         )
+
+
+class FeedServer:
+    """A plain-list feed on loopback: it stands in for a remote feed, which cannot exist here."""
+
+    def __init__(self) -> None:
+        self.text = "198.51.100.7\n"
+        handler = self._handler()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/blocklist.txt"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        feed = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = feed.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_subscribed_feed_is_imported_now_and_refreshed_on_schedule(
+    running_server: RunningServer, link: ServerLink
+) -> None:
+    feed = FeedServer()
+    try:
+        subscribed = running_server.api.call(
+            "POST",
+            "/intel/subscriptions",
+            {"kind": "list", "url": feed.url, "source": "loopback-blocklist", "every_seconds": 60},
+        )
+        assert subscribed["last_result"].startswith("added 1")
+        send(link, connection(1, "198.51.100.7"))
+        assert len(intel_alerts(running_server)) == 1
+
+        # The feed changes; the next refresh (due once the interval has passed) brings it in.
+        feed.text = "198.51.100.7\n203.0.113.9\n"
+        ctx = running_server.ctx
+        assert refresh_due(ctx, now=time.time() + 30) == []
+        assert refresh_due(ctx, now=time.time() + 61) == ["loopback-blocklist"]
+        send(link, connection(2, "203.0.113.9"))
+        assert len(intel_alerts(running_server)) == 2
+    finally:
+        feed.close()

@@ -173,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     intel_import.add_argument("path", nargs="?", type=Path, help="feed file, or a MISP feed folder")
     intel_import.add_argument("--url", help="TAXII collection URL")
     intel_sub.add_parser("list", parents=[common], help="indicator counts and the allow-list")
+    subscribe = intel_sub.add_parser(
+        "subscribe", parents=[common], help="import a feed by URL now and on a schedule"
+    )
+    subscribe.add_argument(
+        "--kind", required=True, choices=("stix", "taxii", "misp", "csv", "list")
+    )
+    subscribe.add_argument("--url", required=True)
+    subscribe.add_argument("--source", required=True, help="the feed's name")
+    subscribe.add_argument("--every", type=float, default=3600, metavar="SECONDS")
+    intel_sub.add_parser("subscriptions", parents=[common], help="subscribed feeds")
     intel_allow = intel_sub.add_parser("allow", parents=[common], help="never alert on a value")
     intel_allow.add_argument("value")
     intel_allow.add_argument("--kind", help="needed for file names and registry keys")
@@ -259,6 +269,16 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call("POST", "/intel/import", body)
     if command == "intel" and sub == "list":
         return api.call("GET", "/intel/indicators")
+    if command == "intel" and sub == "subscribe":
+        body = {
+            "kind": args.kind,
+            "url": args.url,
+            "source": args.source,
+            "every_seconds": args.every,
+        }
+        return api.call("POST", "/intel/subscriptions", body)
+    if command == "intel" and sub == "subscriptions":
+        return api.call("GET", "/intel/subscriptions")
     if command == "intel":
         return api.call(
             "POST", "/intel/allow", {"value": args.value, "kind": args.kind, "reason": args.reason}

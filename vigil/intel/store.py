@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS allowlist (
     type TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL, added TEXT NOT NULL,
     PRIMARY KEY (type, value)
 );
+CREATE TABLE IF NOT EXISTS subscriptions (
+    source TEXT PRIMARY KEY, kind TEXT NOT NULL, url TEXT NOT NULL,
+    every_seconds REAL NOT NULL, last_run REAL, last_result TEXT
+);
 """
 _FIELDS = (
     "source, type, value, confidence, first_seen, last_seen, valid_until, tags, reference, "
@@ -236,6 +240,37 @@ class IntelStore:
         return [
             AllowEntry(IndicatorType(t), v, r, datetime.fromisoformat(a)) for t, v, r, a in rows
         ]
+
+    def subscribe(self, source: str, kind: str, url: str, every_seconds: float) -> None:
+        """Refresh the feed at ``url`` every ``every_seconds``, stored under ``source``."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO subscriptions (source, kind, url, every_seconds)"
+                " VALUES (?,?,?,?)",
+                (source, kind, url, every_seconds),
+            )
+
+    def unsubscribe(self, source: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM subscriptions WHERE source = ?", (source,))
+        return cursor.rowcount == 1
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """Every subscribed feed with when it last ran and what that gave."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, kind, url, every_seconds, last_run, last_result"
+                " FROM subscriptions ORDER BY source"
+            ).fetchall()
+        names = ("source", "kind", "url", "every_seconds", "last_run", "last_result")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def record_run(self, source: str, when: float, result: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE subscriptions SET last_run = ?, last_result = ? WHERE source = ?",
+                (when, result, source),
+            )
 
     def load_index(self, now: datetime | None = None) -> IntelIndex:
         """The matcher over every stored, unexpired, not allow-listed indicator."""

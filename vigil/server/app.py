@@ -47,6 +47,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
         background = [
             asyncio.create_task(watch_agents(ctx)),
             asyncio.create_task(flush_periodically(ctx.correlator, ctx.state.add_alert)),
+            asyncio.create_task(intel_api.refresh_periodically(ctx)),
         ]
         yield
         for task in background:

@@ -8,8 +8,10 @@ over the stored telemetry of every tenant (a retro-hunt): past sightings become 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -18,7 +20,15 @@ from pydantic import BaseModel, Field
 
 from vigil.hunt.errors import HuntError
 from vigil.hunt.sql import run_hunt
-from vigil.intel import AllowList, Indicator, IntelError, import_feed, intel_alert, retro_hunt
+from vigil.intel import (
+    AllowList,
+    ImportReport,
+    Indicator,
+    IntelError,
+    import_feed,
+    intel_alert,
+    retro_hunt,
+)
 from vigil.server import auth
 from vigil.server.auth import Analyst
 from vigil.server.context import ServerContext
@@ -28,6 +38,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/intel", tags=["intel"])
 
 MAX_FEED_BYTES = 200 * 2**20
+REFRESH_CHECK_SECONDS = 60.0
 
 
 class FeedUpload(BaseModel):
@@ -36,6 +47,13 @@ class FeedUpload(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> text")
     url: str | None = Field(default=None, max_length=2000, description="for taxii")
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Subscription(BaseModel):
+    kind: str = Field(description="stix, taxii, misp, csv or list")
+    url: str = Field(pattern="^https?://", max_length=2000)
+    source: str = Field(min_length=1, max_length=200)
+    every_seconds: float = Field(default=3600, ge=60, le=30 * 24 * 3600)
 
 
 class AllowRequest(BaseModel):
@@ -58,6 +76,42 @@ def _write_feed(folder: Path, files: dict[str, str]) -> Path:
     if len(files) == 1:
         return folder.joinpath(*PurePosixPath(next(iter(files))).parts)
     return folder
+
+
+def apply_import(ctx: ServerContext, report: ImportReport) -> int:
+    """Match what an import brought from now on, and look for it in history."""
+    ctx.reload_intel()
+    return retro_hunt_all(ctx, report.added)
+
+
+def refresh_due(ctx: ServerContext, now: float | None = None) -> list[str]:
+    """Re-import every subscribed feed whose interval has passed; return their names."""
+    now = time.time() if now is None else now
+    refreshed = []
+    for feed in ctx.intel.subscriptions():
+        if feed["last_run"] is not None and now - feed["last_run"] < feed["every_seconds"]:
+            continue
+        try:
+            report = import_feed(ctx.intel, feed["url"], feed["kind"], feed["source"])
+        except IntelError as exc:
+            log.warning("refreshing feed %s failed: %s", feed["source"], exc)
+            ctx.intel.record_run(feed["source"], now, f"failed: {exc}")
+            continue
+        retro = apply_import(ctx, report)
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
+        ctx.intel.record_run(feed["source"], now, f"{counts}; {retro} retro-hunt alerts")
+        refreshed.append(feed["source"])
+    return refreshed
+
+
+async def refresh_periodically(ctx: ServerContext) -> None:
+    """Keep subscribed feeds fresh for as long as the server runs."""
+    while True:
+        await asyncio.sleep(REFRESH_CHECK_SECONDS)
+        try:
+            await asyncio.to_thread(refresh_due, ctx)
+        except Exception:  # the loop must outlive one bad round
+            log.exception("refreshing intelligence feeds failed")
 
 
 def retro_hunt_all(ctx: ServerContext, indicators: list[Indicator]) -> int:
@@ -128,6 +182,29 @@ def indicators(
             for e in ctx.intel.allow_list()
         ],
     }
+
+
+@router.post("/subscriptions")
+def subscribe(
+    feed: Subscription,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Import a feed by URL now and again every ``every_seconds``."""
+    ctx.intel.subscribe(feed.source, feed.kind, feed.url, feed.every_seconds)
+    ctx.state.audit(
+        analyst.tenant_id, analyst.name, "intel.subscribe", feed.source, feed.model_dump(), "ok"
+    )
+    refresh_due(ctx)
+    found = next(f for f in ctx.intel.subscriptions() if f["source"] == feed.source)
+    return found
+
+
+@router.get("/subscriptions")
+def subscriptions(
+    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+) -> list[dict[str, Any]]:
+    return ctx.intel.subscriptions()
 
 
 @router.post("/allow")
