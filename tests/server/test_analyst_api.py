@@ -73,3 +73,33 @@ def test_alerts_name_their_attack_techniques_and_tactics(
     assert {"id": "defense-evasion", "name": "Defense Evasion"} in details["T1140"]["tactics"]
     shown = running_server.api.call("GET", f"/alerts/{high['id']}")
     assert shown["attack_details"] == high["attack_details"]
+
+
+def test_respond_names_any_action_and_guards_destructive_ones(
+    running_server: RunningServer, agent_id: str
+) -> None:
+    with pytest.raises(CliError, match="no action 'format-disk'; one of: .*isolate"):
+        running_server.api.call("POST", f"/hosts/{agent_id}/respond", {"action": "format-disk"})
+    with pytest.raises(CliError, match="kill is destructive: give a reason"):
+        running_server.api.call(
+            "POST",
+            f"/hosts/{agent_id}/respond",
+            {"action": "kill", "params": {"entity_id": "e", "pid": 5}},
+        )
+    task = running_server.api.call(
+        "POST", f"/hosts/{agent_id}/respond", {"action": "release", "params": {}}
+    )
+    assert task["action"] == "release" and task["status"] == "queued"
+
+
+def test_cli_params_are_json_when_they_parse() -> None:
+    from vigil.cli.main import parse_params
+
+    assert parse_params(["pid=42", "tree=true", "path=/tmp/x y", 'allow=["10.0.0.1"]']) == {
+        "pid": 42,
+        "tree": True,
+        "path": "/tmp/x y",
+        "allow": ["10.0.0.1"],
+    }
+    with pytest.raises(CliError, match="KEY=VALUE"):
+        parse_params(["oops"])

@@ -161,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     _wait_option(kill)
 
+    respond = sub.add_parser(
+        "respond", parents=[common], help="run any response action on a host (see docs/response.md)"
+    )
+    respond.add_argument("action", help="isolate, release, kill, quarantine, collect, yara...")
+    respond.add_argument("host_id")
+    respond.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an action parameter; VALUE is read as JSON when it parses",
+    )
+    respond.add_argument("--reason", default="", help="why; required for destructive actions")
+    _wait_option(respond)
+
     intel = sub.add_parser("intel", parents=[common], help="threat-intelligence feeds")
     intel_sub = intel.add_subparsers(dest="sub", required=True)
     intel_import = intel_sub.add_parser(
@@ -283,11 +298,29 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call(
             "POST", "/intel/allow", {"value": args.value, "kind": args.kind, "reason": args.reason}
         )
+    if command == "respond":
+        body = {"action": args.action, "params": parse_params(args.param), "reason": args.reason}
+        task = api.call("POST", f"/hosts/{args.host_id}/respond", body)
+        return task if args.no_wait else _wait_for_task(api, task)
     if command == "tasks" and sub == "list":
         return api.call("GET", "/tasks")
     if command == "tasks":
         return api.call("GET", f"/tasks/{args.task_id}")
     raise CliError(f"unknown command {command!r}")
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as action parameters; a VALUE that is JSON is taken as such."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param wants KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
 
 
 def read_feed_files(path: Path) -> dict[str, str]:

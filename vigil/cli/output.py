@@ -131,6 +131,7 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("alerts", "set-status"): lambda r: f"alert {r['id']} is now {r['status']}",
     ("hunt", None): _hunt,
     ("kill", None): _task,
+    ("respond", None): _task,
     ("intel", "import"): lambda r: (
         f"{r['source']}: {', '.join(f'{k} {v}' for k, v in r['counts'].items())}; "
         f"{r['retro_hunt_alerts']} alerts from past telemetry"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from vigil.agent.respond import REGISTRY as ACTIONS
 from vigil.cases.alerts import attack_details
 from vigil.cases.process_tree import process_tree
 from vigil.hunt.errors import HuntError
@@ -152,6 +153,31 @@ def kill(
         raise HTTPException(404, f"no process {request.entity_id!r} in this host's telemetry")
     params = {"entity_id": request.entity_id, "pid": pid, "tree": request.tree}
     return queue_task(ctx, analyst, host_id, "kill", params, request.reason)
+
+
+class RespondRequest(BaseModel):
+    action: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    reason: str = Field(default="", max_length=4000)
+
+
+@router.post("/hosts/{host_id}/respond")
+def respond(
+    host_id: str,
+    request: RespondRequest,
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Any response action the agent has, by name; destructive ones need a reason."""
+    _tenant_host(ctx, analyst, host_id)
+    action = ACTIONS.get(request.action)
+    if action is None:
+        raise HTTPException(
+            422, f"no action {request.action!r}; one of: {', '.join(sorted(ACTIONS))}"
+        )
+    if action.destructive and not request.reason.strip():
+        raise HTTPException(422, f"{request.action} is destructive: give a reason (--reason)")
+    return queue_task(ctx, analyst, host_id, request.action, request.params, request.reason)
 
 
 @router.get("/tasks")
