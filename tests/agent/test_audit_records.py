@@ -141,3 +141,21 @@ def test_rules_pack_unpack_round_trip() -> None:
         assert rule.key == "vigil"
     b64, b32 = process_rules("x86_64")
     assert b64.syscalls == {59, 322, 231} and b32.syscalls == {11, 358, 252}
+
+
+def test_fields_are_parsed_on_first_use_and_records_stay_immutable() -> None:
+    text = 'audit(1700000000.123:42): arch=c000003e syscall=59 exe="/bin/ls" key="vigil"'
+    record = parse_record(1300, text)
+    assert (record.type, record.event_id, record.raw) == (1300, (1700000000, 123, 42), text)
+    assert record.fields == {
+        "arch": "c000003e",
+        "syscall": "59",
+        "exe": '"/bin/ls"',
+        "key": '"vigil"',
+    }
+    assert record.fields is record.fields  # parsed once
+    assert record == parse_record(1300, text)
+    assert record != parse_record(1302, text)
+    with pytest.raises(AttributeError):
+        record.type = 1302  # type: ignore[misc]
+    assert "exe" in repr(record)

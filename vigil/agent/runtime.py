@@ -40,6 +40,7 @@ HEARTBEAT_SECONDS = 10.0
 FALLBACKS = {"process_audit": "process_poll"}
 POLL_SECONDS = 25.0
 MAX_BACKOFF = 30.0
+WRITE_GATHER_SECONDS = 0.02
 
 
 class Agent:
@@ -196,6 +197,9 @@ class Agent:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            # Let a burst gather for a moment: one transaction (and no wake-up of this thread)
+            # per few hundred events rather than per event.
+            self._stop.wait(WRITE_GATHER_SECONDS)
             self._flush_queue(first)
             self._wake_sender.set()
 

@@ -39,6 +39,12 @@ from vigil.agent.processes import boot_time, read_stat
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 65536
+# Records read from the socket in one go, at most; events are queued per such batch.
+RECV_BATCH = 64
+# How long the receive thread waits for a record before it looks at timers and the stop flag.
+RECV_WAIT = 0.25
+# Longest a complete event waits in the receive thread before it is handed to dispatch.
+DISPATCH_DELAY = 0.02
 STATUS_INTERVAL = 2.0
 DEFAULT_BACKLOG_LIMIT = 8192
 BACKLOG_RANGE = (64, 65536)
@@ -180,7 +186,10 @@ class AuditHub:
         self._control: netlink.AuditSocket | None = None
         self._events: netlink.AuditSocket | None = None
         self._stop = threading.Event()
-        self._queue: queue.Queue[AuditEvent | None] = queue.Queue(QUEUE_LIMIT)
+        # Events go to the dispatch thread in batches (those closed by one read of the socket);
+        # at most QUEUE_LIMIT events wait, counted in _pending.
+        self._queue: queue.Queue[list[AuditEvent] | None] = queue.Queue()
+        self._pending = 0
         self._threads: list[threading.Thread] = []
         self._counters: dict[str, int] = {}
         self._lost_base = 0
@@ -271,6 +280,7 @@ class AuditHub:
 
     def _start(self, sub: Subscription, backlog: int, rcvbuf: int) -> None:
         self._counters = dict.fromkeys(HUB_COUNTERS, 0)
+        self._pending = 0
         self.failure = None
         try:
             self._configure(sub, backlog, rcvbuf)
@@ -404,13 +414,18 @@ class AuditHub:
     def _receive_loop(self) -> None:
         assert self._events is not None
         sock = self._events
-        sock.sock.settimeout(0.25)
+        sock.sock.settimeout(RECV_WAIT)
+        waiting = RECV_WAIT
         reassembler = Reassembler()
         next_status = next_expire = time.monotonic()
+        # Closed events wait here up to DISPATCH_DELAY (or until RECV_BATCH of them): waking
+        # the dispatch thread for each event costs more than handling it.
+        pending: list[AuditEvent] = []
+        dispatch_at = 0.0
         try:
             while not self._stop.is_set():
                 try:
-                    messages = sock.receive()
+                    messages = sock.receive_many(RECV_BATCH)
                 except TimeoutError:
                     messages = []
                 except OSError as exc:
@@ -419,52 +434,79 @@ class AuditHub:
                     self._count("overflows")
                     log.warning("audit netlink socket overflowed; records were lost")
                     messages = []
-                for message in messages:
-                    self._take(message, reassembler)
                 now = time.monotonic()
+                if messages:
+                    done: list[AuditEvent] = []
+                    taken = 0
+                    for message in messages:
+                        taken += self._take(message, reassembler, done)
+                    if taken:
+                        self._count("records", taken)
+                    if done:
+                        if not pending:
+                            dispatch_at = now + DISPATCH_DELAY
+                        pending += done
+                if pending and (len(pending) >= RECV_BATCH or now >= dispatch_at):
+                    self._enqueue(pending)
+                    pending = []
+                wait = DISPATCH_DELAY if pending else RECV_WAIT
+                if wait != waiting:
+                    sock.sock.settimeout(wait)
+                    waiting = wait
                 if now >= next_expire:
                     next_expire = now + 0.5
-                    for event in reassembler.expire():
-                        self._enqueue(event)
+                    expired = reassembler.expire()
+                    if expired:
+                        self._enqueue(pending + expired)  # keep the order events closed in
+                        pending = []
                 if now >= next_status:
                     next_status = now + STATUS_INTERVAL
                     self._poll_status()
-            for event in reassembler.flush():
-                self._enqueue(event)
+            rest, pending = pending + reassembler.flush(), []
+            if rest:
+                self._enqueue(rest)
         except Exception as exc:
             log.warning("kernel audit receive thread failed: %s", exc)
             log.debug("receive thread traceback", exc_info=True)
             self.failure = f"receiving audit records failed: {exc}; restart the audit sensors"
         finally:
+            if pending:
+                self._enqueue(pending)
             self._queue.put(None)
 
-    def _take(self, message: netlink.NetlinkMessage, reassembler: Reassembler) -> None:
+    def _take(
+        self, message: netlink.NetlinkMessage, reassembler: Reassembler, done: list[AuditEvent]
+    ) -> int:
+        """Parse one message into ``reassembler``, adding closed events to ``done``.
+
+        Returns:
+            1 when the message was an audit record, else 0 (for the ``records`` counter).
+        """
         if message.type < netlink.FIRST_RECORD_TYPE or message.type == netlink.AUDIT_REPLACE:
-            return
-        self._count("records")
+            return 0
         try:
             record = parse_record(message.type, message.payload.decode("utf-8", "surrogateescape"))
         except RecordParseError as exc:
             self._count("parse_errors")
             log.warning("skipping audit record: %s", exc)
-            return
+            return 1
         event, closed = reassembler.add(record)
         if record.type == AUDIT_SYSCALL:
             self._annotate(event, record)
-        for done in closed:
-            self._enqueue(done)
+        if closed:
+            done.extend(closed)
+        return 1
 
     def _annotate(self, event: AuditEvent, record: AuditRecord) -> None:
         # Read /proc now: a short-lived process may be gone by the time the event is handled.
-        fields = record.fields
-        pid, ppid = fields.get("pid", ""), fields.get("ppid", "")
+        # The parent's start ticks are read by the hook of the sensors that use them (execs):
+        # one /proc read less for every other syscall.
+        pid = record.fields.get("pid", "")
         if pid.isdigit():
             stat = read_stat(int(pid))
-            event.annotations["pid_stat"] = stat
-            event.annotations["pid_ticks"] = None if stat is None else stat.start_ticks
-        if ppid.isdigit():
-            stat = read_stat(int(ppid))
-            event.annotations["ppid_ticks"] = None if stat is None else stat.start_ticks
+            annotations = event.annotations
+            annotations["pid_stat"] = stat
+            annotations["pid_ticks"] = None if stat is None else stat.start_ticks
         sub = self._route(record)
         if sub is not None and sub.on_syscall is not None:
             try:
@@ -481,11 +523,16 @@ class AuditHub:
             return None
         return self._routes.get(key)
 
-    def _enqueue(self, event: AuditEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self._count("dropped")
+    def _enqueue(self, events: list[AuditEvent]) -> None:
+        with self._lock:
+            room = QUEUE_LIMIT - self._pending
+            if room < len(events):
+                dropped = len(events) - max(room, 0)
+                self._counters["dropped"] = self._counters.get("dropped", 0) + dropped
+                events = events[: max(room, 0)]
+            self._pending += len(events)
+        if events:
+            self._queue.put(events)
 
     def _poll_status(self) -> None:
         with self._control_lock:
@@ -505,20 +552,23 @@ class AuditHub:
 
     def _dispatch_loop(self) -> None:
         while True:
-            event = self._queue.get()
-            if event is None:
+            batch = self._queue.get()
+            if batch is None:
                 return
             with self._lock:
+                self._pending -= len(batch)
                 subs = list(self._subs.values())
-            for sub in subs:
-                if sub.tap is not None:
+            taps = [sub for sub in subs if sub.tap is not None]
+            for event in batch:
+                for sub in taps:
+                    assert sub.tap is not None
                     self._call(sub, sub.tap, event, "tap_errors")
-            syscall = event.first(AUDIT_SYSCALL)
-            if syscall is None or value_text(syscall.fields.get("key")) != rules.RULE_KEY:
-                continue
-            owner = self._route(syscall)
-            if owner is not None:
-                self._call(owner, owner.handle, event, "handler_errors")
+                syscall = event.first(AUDIT_SYSCALL)
+                if syscall is None or value_text(syscall.fields.get("key")) != rules.RULE_KEY:
+                    continue
+                owner = self._route(syscall)
+                if owner is not None:
+                    self._call(owner, owner.handle, event, "handler_errors")
 
     def _call(self, sub: Subscription, handler: EventHandler, event: AuditEvent, what: str) -> None:
         try:

@@ -16,7 +16,6 @@ storage; the price is that a literal ``\\xff`` typed in an argument reads the sa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from vigil.agent.errors import AgentError
 
@@ -57,16 +56,79 @@ class RecordParseError(AgentError):
     """An audit record could not be parsed; the message quotes the start of the record."""
 
 
-@dataclass(frozen=True)
 class AuditRecord:
-    """One record: its type, the id of its event, and its fields with values as written."""
+    """One record: its type, the id of its event, and its fields with values as written.
+
+    The ``key=value`` fields are parsed on first use of :attr:`fields`: most records of an
+    event (PATH, PROCTITLE...) are never looked into, and splitting them is most of the cost
+    of a record. Records are immutable and compare equal when all their parts are equal.
+    """
+
+    __slots__ = ("type", "seconds", "millis", "serial", "raw", "_fields", "_body")
 
     type: int
     seconds: int
     millis: int
     serial: int
-    fields: dict[str, str] = field(default_factory=dict)
-    raw: str = ""
+    raw: str
+    _fields: dict[str, str] | None
+    _body: str | None
+
+    def __init__(
+        self,
+        type: int,  # noqa: A002 - the field is named after the record type, as before
+        seconds: int,
+        millis: int,
+        serial: int,
+        fields: dict[str, str] | None = None,
+        raw: str = "",
+        *,
+        body: str | None = None,
+    ) -> None:
+        setter = object.__setattr__
+        setter(self, "type", type)
+        setter(self, "seconds", seconds)
+        setter(self, "millis", millis)
+        setter(self, "serial", serial)
+        setter(self, "raw", raw)
+        setter(self, "_fields", fields if fields is not None or body is not None else {})
+        setter(self, "_body", body)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"AuditRecord is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"AuditRecord is immutable: cannot delete {name}")
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The ``key=value`` fields, values exactly as written (quoted, hex or bare)."""
+        fields = self._fields
+        if fields is None:
+            body = self._body or ""
+            fields = dict(_FIELD.findall(body))
+            object.__setattr__(self, "_fields", fields)
+            object.__setattr__(self, "_body", None)
+        return fields
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, AuditRecord)
+        return (
+            self.type == other.type
+            and self.event_id == other.event_id
+            and self.fields == other.fields
+            and self.raw == other.raw
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # like the dataclass it was: fields is a dict
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditRecord(type={self.type!r}, seconds={self.seconds!r}, millis={self.millis!r}, "
+            f"serial={self.serial!r}, fields={self.fields!r}, raw={self.raw!r})"
+        )
 
     @property
     def event_id(self) -> tuple[int, int, int]:
@@ -87,6 +149,8 @@ class AuditRecord:
 def parse_record(record_type: int, text: str) -> AuditRecord:
     """Parse a record body as it arrives over netlink.
 
+    Only the header is read here; the fields are split when first used.
+
     Args:
         record_type: The netlink message type, which is the audit record type.
         text: The body, ``audit(sec.msec:serial): key=value ...``.
@@ -100,9 +164,8 @@ def parse_record(record_type: int, text: str) -> AuditRecord:
         raise RecordParseError(f"audit record type {record_type} has no audit() id: {text[:80]!r}")
     # Enriched audit.log lines append interpreted fields after a 0x1d separator; drop them.
     body = text[match.end() :].split("\x1d", 1)[0]
-    fields = {key: value for key, value in _FIELD.findall(body)}
-    seconds, millis, serial = (int(group) for group in match.groups())
-    return AuditRecord(record_type, seconds, millis, serial, fields, text)
+    seconds, millis, serial = match.groups()
+    return AuditRecord(record_type, int(seconds), int(millis), int(serial), None, text, body=body)
 
 
 def parse_log_line(line: str) -> AuditRecord:

@@ -179,15 +179,21 @@ class ProcessAuditSensor(Sensor):
     # --- receive thread -------------------------------------------------------------------
 
     def _read_proc(self, event: AuditEvent, syscall: AuditRecord) -> None:
-        """Read what is gone soon: the forked child's stat, the exec'd process's cgroup."""
+        """Read what is gone soon: the forked child's stat; the exec'd process's parent's
+        start ticks and its cgroup."""
         call = self._call(syscall)
         pid = syscall.fields.get("pid", "")
         if call in rules.FORK_CALLS:
             child = int(syscall.fields.get("exit", "0"))
             if child > 0:
                 event.annotations["child_stat"] = read_stat(child)
-        elif call in EXEC_CALLS and pid.isdigit():
-            event.annotations["cgroup"] = read_cgroup(int(pid))
+        elif call in EXEC_CALLS:
+            ppid = syscall.fields.get("ppid", "")
+            if ppid.isdigit():
+                stat = read_stat(int(ppid))
+                event.annotations["ppid_ticks"] = None if stat is None else stat.start_ticks
+            if pid.isdigit():
+                event.annotations["cgroup"] = read_cgroup(int(pid))
 
     # --- dispatch thread --------------------------------------------------------------------
 
