@@ -24,6 +24,7 @@ class ActionContext:
     server_host: str
     server_port: int
     processes: Any = None
+    link: Any = None
     allow_run_command: bool = False
 
 
