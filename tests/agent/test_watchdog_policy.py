@@ -98,3 +98,12 @@ def test_within_budget_nothing_is_shed(tmp_path: Path) -> None:
     for _ in range(4):
         watchdog.sample()
     assert watchdog.report()["shed"] == []
+
+
+def test_run_command_is_off_unless_the_policy_turns_it_on(tmp_path: Path) -> None:
+    assert Policy.default(KNOWN).allow_run_command is False
+    policy = Policy.load(write(tmp_path, "response: {run_command: true}"), KNOWN)
+    assert policy.allow_run_command is True
+    assert policy.only(["inventory"]).allow_run_command is True
+    with pytest.raises(AgentError, match="takes only run_command"):
+        Policy.load(write(tmp_path, "response: {shell: true}"), KNOWN)

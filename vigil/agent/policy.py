@@ -12,6 +12,8 @@ A policy is a YAML file (``vigil agent run --policy FILE``)::
     budget:
       cpu_percent: 5              # of one core, sustained
       rss_mb: 150
+    response:
+      run_command: false          # the run_command action stays refused unless true
 
 Sensors not named keep their default (on, when they can run here). ``--sensor NAME`` on the
 command line runs only the sensors named.
@@ -48,6 +50,8 @@ class Policy:
 
     sensors: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
+    # Running arbitrary commands is off unless the policy turns it on.
+    allow_run_command: bool = False
 
     @classmethod
     def default(cls, known: list[str]) -> Policy:
@@ -63,7 +67,7 @@ class Policy:
             raise AgentError(f"cannot read agent policy {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise AgentError(f"agent policy {path} must be a mapping with 'sensors' and 'budget'")
-        unknown_keys = set(data) - {"sensors", "budget"}
+        unknown_keys = set(data) - {"sensors", "budget", "response"}
         if unknown_keys:
             raise AgentError(f"agent policy {path}: unknown keys {sorted(unknown_keys)}")
 
@@ -83,6 +87,10 @@ class Policy:
                 raise AgentError(
                     f"agent policy {path}: sensor {name} takes a mapping of options, or false"
                 )
+        response = data.get("response") or {}
+        if not isinstance(response, dict) or set(response) - {"run_command"}:
+            raise AgentError(f"agent policy {path}: 'response' takes only run_command: true|false")
+        policy.allow_run_command = bool(response.get("run_command", False))
         budget = data.get("budget") or {}
         try:
             policy.budget = Budget(**budget)
@@ -92,4 +100,8 @@ class Policy:
 
     def only(self, names: list[str]) -> Policy:
         """The same policy running just these sensors (options kept where the policy had them)."""
-        return Policy({name: self.sensors.get(name, {}) for name in names}, self.budget)
+        return Policy(
+            {name: self.sensors.get(name, {}) for name in names},
+            self.budget,
+            self.allow_run_command,
+        )

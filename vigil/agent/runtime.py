@@ -78,6 +78,8 @@ class Agent:
             state_dir=str(self.identity.state_dir),
             server_host=self.identity.server_host,
             server_port=self.identity.server_port,
+            link=self.link,
+            allow_run_command=self.policy.allow_run_command,
         )
 
     def emit(self, doc: dict[str, Any]) -> None:

@@ -66,7 +66,11 @@ def run_action(body: TaskBody, context: ActionContext) -> tuple[str, dict[str, A
     if action_cls is None:
         return "failed", {}, f"this agent has no action {body.action!r}"
     try:
-        result = action_cls(context).run(dict(body.params))
+        params = dict(body.params)
+        if body.action == "collect":
+            # The custody record names the task; the agent, not the analyst, says which.
+            params["task_id"] = body.task_id
+        result = action_cls(context).run(params)
     except Exception as exc:  # the boundary: report to the server, keep the agent alive
         log.warning("task %s (%s) failed: %s", body.task_id, body.action, exc)
         log.debug("task %s traceback", body.task_id, exc_info=True)

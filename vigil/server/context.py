@@ -12,6 +12,7 @@ from vigil.detect import RuleSet
 from vigil.intel import IntelIndex, IntelStore
 from vigil.server import pki
 from vigil.server.correlate import Correlator
+from vigil.store.evidence import EvidenceStore
 from vigil.store.state import StateStore
 from vigil.store.telemetry import TelemetryStore
 
@@ -83,6 +84,7 @@ class ServerContext:
     correlator: Correlator
     doorbells: Doorbells
     intel: IntelStore
+    evidence: EvidenceStore
     # Swapped whole after an import or an allow-list change; ingest reads the reference.
     intel_index: IntelIndex
 
@@ -104,6 +106,7 @@ class ServerContext:
             correlator=Correlator(rules),
             doorbells=Doorbells(),
             intel=intel,
+            evidence=EvidenceStore.open(config.data_dir),
             intel_index=intel.load_index(),
         )
 
@@ -112,6 +115,7 @@ class ServerContext:
         self.intel_index = self.intel.load_index()
 
     def close(self) -> None:
+        self.evidence.close()
         self.intel.close()
         self.telemetry.close()
         self.state.close()

@@ -37,7 +37,9 @@ class Action(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not getattr(cls, "__abstractmethods__", None):
+        # A class naming itself is an action; an intermediate base class names nothing. (ABC's
+        # abstract-method set is not known yet when this runs.)
+        if isinstance(cls.__dict__.get("name"), str):
             REGISTRY[cls.name] = cls
 
     def __init__(self, context: ActionContext) -> None:
