@@ -239,3 +239,14 @@ def test_an_upload_naming_another_agents_or_unknown_task_is_refused(link: Server
         "/evidence", {"path": "/x", "size": 1, "task_id": "00000000-0000-0000-0000-000000000000"}
     )
     assert response.status_code == 404 and "not a collect task of this agent" in response.text
+
+
+def test_the_cli_downloads_evidence_to_a_file(
+    evidence_server: RunningServer, collect: CollectAction, tmp_path: Path
+) -> None:
+    sample = tmp_path / "notes.txt"
+    sample.write_bytes(b"exfiltration list\n" * 1000)
+    result = collect.run({"path": str(sample)})
+    target = tmp_path / "downloaded.txt"
+    written = evidence_server.api.download(f"/evidence/{result['evidence_id']}/content", target)
+    assert written == sample.stat().st_size and target.read_bytes() == sample.read_bytes()

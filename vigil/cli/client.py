@@ -49,6 +49,22 @@ class ApiClient:
             )
         return cls(url, token, os.environ.get("VIGIL_CA") or info.get("ca"))
 
+    def download(self, path: str, target: Path) -> int:
+        """Stream a binary response into ``target``; return how many bytes were written."""
+        written = 0
+        try:
+            with self._client.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(f"GET {path} failed ({response.status_code}): {response.text}")
+                with target.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                        written += len(chunk)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the server: {exc}") from exc
+        return written
+
     def call(
         self,
         method: str,

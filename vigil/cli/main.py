@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     respond.add_argument("--reason", default="", help="why; required for destructive actions")
     _wait_option(respond)
 
+    evidence = sub.add_parser("evidence", parents=[common], help="collected files")
+    evidence_sub = evidence.add_subparsers(dest="sub", required=True)
+    evidence_sub.add_parser("list", parents=[common])
+    evidence_get = evidence_sub.add_parser(
+        "get", parents=[common], help="download a collected file"
+    )
+    evidence_get.add_argument("evidence_id")
+    evidence_get.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+
     intel = sub.add_parser("intel", parents=[common], help="threat-intelligence feeds")
     intel_sub = intel.add_subparsers(dest="sub", required=True)
     intel_import = intel_sub.add_parser(
@@ -298,6 +307,12 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call(
             "POST", "/intel/allow", {"value": args.value, "kind": args.kind, "reason": args.reason}
         )
+    if command == "evidence" and sub == "list":
+        return api.call("GET", "/evidence")
+    if command == "evidence":
+        meta = api.call("GET", f"/evidence/{args.evidence_id}")
+        size = api.download(f"/evidence/{args.evidence_id}/content", args.output)
+        return {**meta, "saved_to": str(args.output), "saved_bytes": size}
     if command == "respond":
         body = {"action": args.action, "params": parse_params(args.param), "reason": args.reason}
         task = api.call("POST", f"/hosts/{args.host_id}/respond", body)
