@@ -18,12 +18,18 @@ import yaml
 from sigma.types import SigmaString
 
 from vigil.detect import Rule, RuleSet, builtin_rules_dir
+from vigil.detect.prefilter import LITERAL_CAP
 from vigil.detect.values import compile_keywords, compile_values
+from vigil.logsources.base import reader_for
 
 from .eventgen import EventMaker, read_rule_literals
 from .helpers import SIGMA_LINUX, process_event, rule_text
 
-SIGMA_WINDOWS_PROCESS = SIGMA_LINUX.parent / "windows" / "process_creation"
+SIGMA_WINDOWS = SIGMA_LINUX.parent / "windows"
+SIGMA_WINDOWS_PROCESS = SIGMA_WINDOWS / "process_creation"
+EVTX_SAMPLES = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "evtx-attack-samples"
+)
 CASES_FILE = Path(__file__).resolve().parents[1] / "rules" / "cases.yml"
 PROCESS_START = {
     "event.kind": "event",
@@ -109,6 +115,53 @@ def test_windows_process_rules_generated_events() -> None:
     differ, fired = compare(ruleset, generated([SIGMA_WINDOWS_PROCESS], 1000, seed=12))
     assert differ == []
     assert len(fired) >= len(ruleset.rules) // 4
+
+
+def evtx_events(per_file: int) -> list[dict[str, Any]]:
+    """The first records of every EVTX-ATTACK-SAMPLES file, as the EVTX reader gives them."""
+    events = []
+    for path in sorted(EVTX_SAMPLES.rglob("*.evtx")):
+        for number, event in enumerate(reader_for(path).read(path)):
+            if number == per_file:
+                break
+            events.append(event)
+    return events
+
+
+@pytest.mark.skipif(
+    not (SIGMA_WINDOWS.is_dir() and EVTX_SAMPLES.is_dir()),
+    reason=f"no SigmaHQ Windows rules at {SIGMA_WINDOWS} or no samples at {EVTX_SAMPLES}",
+)
+def test_windows_rules_real_evtx_events() -> None:
+    # Real records span many channels (log-source groups shared between plans), carry large
+    # EventData and fire keyword, regex and cut-literal rules the generated events do not.
+    ruleset = RuleSet.from_paths([SIGMA_WINDOWS])
+    events = evtx_events(per_file=3)
+    differ, fired = compare(ruleset, events)
+    assert len(events) >= 300
+    assert differ == []
+    assert len(fired) >= 20
+
+
+def test_literals_longer_than_the_cap() -> None:
+    # The prefilter compares only the first LITERAL_CAP characters; the rule test decides.
+    head = "x" * LITERAL_CAP
+    ruleset = ruleset_of(
+        sel(CommandLine__contains=head + "wanted"),
+        sel(CommandLine__startswith=head + "wanted"),
+        sel(CommandLine__endswith="wanted" + head),
+    )
+    for command_line, fired in [
+        (f"a {head}wanted b", [0]),
+        (f"a {head}other b", []),
+        (f"{head}wanted", [0, 1]),
+        (f"{head}other", []),
+        (f"wanted{head}", [2]),
+        (f"other{head}", []),
+    ]:
+        event = process_event("/bin/x", command_line)
+        assert ids(ruleset.match(event)) == ids(ruleset.match_all_rules(event))
+        assert [ruleset.rules.index(r) for r in ruleset.match(event)] == fired, command_line
 
 
 def ruleset_of(*detections: dict[str, Any]) -> RuleSet:

@@ -10,6 +10,7 @@ are always candidates.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,12 @@ _JOIN = "\n"
 
 _END = ""
 
+# Prefix, suffix and substring literals are matched on their first this many characters (last,
+# for suffixes). A cut literal holds wherever the whole one does, so cutting only adds candidates,
+# which the full rule test then rejects; it keeps the patterns, and the time to compile one per
+# log-source group, small: Python parses a pattern character by character.
+LITERAL_CAP = 12
+
 
 def _trie_regex(literals: Iterable[str]) -> str:
     """A regular expression matching any of the literals, longest first at each position.
@@ -43,18 +50,19 @@ def _trie_regex(literals: Iterable[str]) -> str:
         node[_END] = {}
 
     def emit(node: dict[str, Any]) -> str:
-        chain = ""
+        chain: list[str] = []
         while len(node) == 1 and _END not in node:
             ((char, node),) = node.items()
-            chain += re.escape(char)
+            chain.append(char)
+        prefix = re.escape("".join(chain))
         branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
         if not branches:
-            return chain
+            return prefix
         if _END in node:
             branches.append("")
         if len(branches) == 1:
-            return chain + branches[0]
-        return chain + "(?:" + "|".join(branches) + ")"
+            return prefix + branches[0]
+        return prefix + "(?:" + "|".join(branches) + ")"
 
     return emit(root)
 
@@ -70,15 +78,21 @@ class LiteralSet:
             reverse: Match suffixes: literals and text are reversed before matching.
         """
         self._reverse = reverse
-        keyed = {(lit[::-1] if reverse else lit): set(ids) for lit, ids in literals.items()}
+        keyed: dict[str, set[int]] = {}
+        for literal, ids in literals.items():
+            key = (literal[::-1] if reverse else literal)[:LITERAL_CAP]
+            keyed.setdefault(key, set()).update(ids)
         self._pattern = re.compile(_trie_regex(keyed))
         # The match at a position is the longest literal there; the others that match there are
         # exactly the literals it starts with, so each literal carries their clauses too.
         self._clauses: dict[str, tuple[int, ...]] = {}
-        for literal in keyed:
-            clauses: set[int] = set()
-            for end in range(1, len(literal) + 1):
-                clauses.update(keyed.get(literal[:end], ()))
+        for literal in sorted(keyed, key=len):
+            clauses = keyed[literal]
+            for end in range(len(literal) - 1, 0, -1):
+                shorter = self._clauses.get(literal[:end])
+                if shorter is not None:
+                    clauses = clauses.union(shorter)
+                    break
             self._clauses[literal] = tuple(sorted(clauses))
 
     def anchored(self, text: str, hits: set[int]) -> None:
@@ -162,6 +176,7 @@ class Prefilter:
         Args:
             needs: Each rule's needs; a rule with none is a candidate for every event.
         """
+        self.size = len(needs)
         self._always: list[int] = []
         clause_ids: dict[Clause, int] = {}
         # Per clause: the rules filed under it, each with its other clauses.
@@ -183,7 +198,15 @@ class Prefilter:
                     values[atom.field] = _ValueIndex(reader)
                 values[atom.field].add(atom, clause_id)
 
-        self._lookups = [index.compile() for index in values.values()]
+        # Compiling builds large, short-lived, acyclic structures (tries, parsed patterns); the
+        # cyclic garbage collector would walk every live object of the process many times over.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._lookups = [index.compile() for index in values.values()]
+        finally:
+            if collecting:
+                gc.enable()
         logger.debug(
             "prefilter: %d rules indexed by %d clauses on %d values, %d always evaluated",
             len(needs) - len(self._always),
@@ -209,4 +232,36 @@ class Prefilter:
                 if not others or others <= hits:
                     found.append(position)
         found.sort()
+        return found
+
+
+class PrefilterChain:
+    """Prefilters of consecutive runs of rules, asked as one over the whole sequence.
+
+    A plan's rules are the rules of several log-source groups one after the other; each group's
+    prefilter is built once and shared by every plan that holds the group.
+    """
+
+    def __init__(self, parts: Sequence[Prefilter]) -> None:
+        """Chain the prefilters, the positions of each following those of the one before."""
+        self._parts: list[tuple[Prefilter, int]] = []
+        offset = 0
+        for part in parts:
+            self._parts.append((part, offset))
+            offset += part.size
+        self.size = offset
+
+    @property
+    def always(self) -> list[int]:
+        """Positions of the rules without needs, evaluated on every event."""
+        return [offset + p for part, offset in self._parts for p in part.always]
+
+    def candidates(self, event: Mapping[str, Any]) -> list[int]:
+        """Positions, ascending, of the rules whose needs the event fulfils."""
+        found: list[int] = []
+        for part, offset in self._parts:
+            if offset:
+                found.extend([offset + p for p in part.candidates(event)])
+            else:
+                found.extend(part.candidates(event))
         return found

@@ -32,7 +32,7 @@ from vigil.detect.errors import DetectError
 from vigil.detect.fieldmap import FieldMap, default_fieldmap
 from vigil.detect.logsource import LogSource, event_logsources
 from vigil.detect.placeholders import Placeholders, resolve_placeholders
-from vigil.detect.prefilter import Prefilter
+from vigil.detect.prefilter import Prefilter, PrefilterChain
 from vigil.detect.rules import Rule, RuleLoadError, compile_rule, rule_id
 
 logger = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class _Plan:
 
     rules: tuple[Rule, ...]
     tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
-    prefilter: Prefilter
+    prefilter: PrefilterChain
 
 
 class RuleSet:
@@ -275,9 +275,14 @@ class RuleSet:
         self.rules: list[Rule] = list(rules)
         self.errors: list[RuleLoadError] = list(errors)
         self.correlations: list[Correlation] = list(correlations)
+        # Each rule is filed once, under its own log source, so the groups do not overlap.
         self._index: dict[LogSource, list[Rule]] = {}
+        filed: set[int] = set()
         for rule in self.rules:
-            self._index.setdefault(LogSource.from_mapping(rule.logsource), []).append(rule)
+            if id(rule) not in filed:
+                filed.add(id(rule))
+                self._index.setdefault(LogSource.from_mapping(rule.logsource), []).append(rule)
+        self._prefilters: dict[LogSource, Prefilter] = {}
         self._plans: dict[tuple[LogSource, ...], _Plan] = {}
         self._plan_memo: dict[tuple[LogSource, ...], _Plan] = {}
 
@@ -402,18 +407,24 @@ class RuleSet:
         )
         plan = self._plans.get(groups)
         if plan is None:
-            unique = {id(rule): rule for key in groups for rule in self._index[key]}
-            rules = tuple(unique.values())
+            rules = tuple(rule for key in groups for rule in self._index[key])
             plan = _Plan(
                 rules,
                 tuple(rule.matches_detection for rule in rules),
-                Prefilter([rule.needs for rule in rules]),
+                PrefilterChain([self._group_prefilter(key) for key in groups]),
             )
             self._plans[groups] = plan
         if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
             self._plan_memo.clear()
         self._plan_memo[sources] = plan
         return plan
+
+    def _group_prefilter(self, key: LogSource) -> Prefilter:
+        prefilter = self._prefilters.get(key)
+        if prefilter is None:
+            prefilter = Prefilter([rule.needs for rule in self._index[key]])
+            self._prefilters[key] = prefilter
+        return prefilter
 
     def __len__(self) -> int:
         return len(self.rules)
