@@ -3,9 +3,9 @@
 Every atom of every rule's needs (:mod:`vigil.detect.needs`) is filed by the value it tests.
 For one event, each tested value is read and lower-cased once, then looked up: whole values in a
 dict, prefixes and suffixes with one anchored match against a trie-shaped regular expression, and
-substrings with one scan of another. Keyword atoms are searched in all the event's strings at
-once. A rule is a candidate when each of its clauses has an atom that held; rules without needs
-are always candidates.
+substrings with one scan of another, each on the literals' first ``LITERAL_CAP`` characters.
+Keyword atoms are searched in all the event's strings at once. A rule is a candidate when each of
+its clauses has an atom that held; rules without needs are always candidates.
 """
 
 from __future__ import annotations
