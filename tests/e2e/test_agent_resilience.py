@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import SIGMA_LINUX, RunningServer, start_server
 from vigil.agent import identity
+from vigil.agent.audit import netlink
 from vigil.detect import builtin_rules_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent's kernel sensors need root")
@@ -76,7 +77,17 @@ def stop(running: RunningServer, server: Any, thread: Any) -> None:
     running.ctx.close()
 
 
+def audit_settings() -> tuple[int, int]:
+    sock = netlink.AuditSocket()
+    try:
+        status = sock.get_status()
+    finally:
+        sock.close()
+    return status.enabled, status.backlog_limit
+
+
 def test_events_spooled_during_an_outage_survive_kill_9(tmp_path: Path) -> None:
+    before = audit_settings()
     running, server, thread = serve(tmp_path / "server")
     state, log = tmp_path / "agent", tmp_path / "agent.log"
     identity.enroll(state, running.url, running.enroll_token())
@@ -111,6 +122,8 @@ def test_events_spooled_during_an_outage_survive_kill_9(tmp_path: Path) -> None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
         stop(running, server, thread)
+    # The killed agent could not restore kernel audit; the next one restored what it found.
+    assert audit_settings() == before
 
 
 def test_a_sensor_that_cannot_start_is_reported_and_the_others_run(tmp_path: Path) -> None:

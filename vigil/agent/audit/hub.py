@@ -14,6 +14,8 @@ dispatch thread hands each complete event to the subscriber that asked for its s
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import queue
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vigil.agent.audit import netlink, rules
@@ -183,6 +186,7 @@ class AuditHub:
         self._subs: dict[str, Subscription] = {}
         self._routes: dict[tuple[int, int], Subscription] = {}
         self._changes = _Changes()
+        self._baseline: Path | None = None
         self._control: netlink.AuditSocket | None = None
         self._events: netlink.AuditSocket | None = None
         self._stop = threading.Event()
@@ -211,13 +215,17 @@ class AuditHub:
         with self._lock:
             self._counters[counter] = self._counters.get(counter, 0) + by
 
-    def attach(self, sub: Subscription, backlog: int, rcvbuf: int) -> None:
+    def attach(
+        self, sub: Subscription, backlog: int, rcvbuf: int, baseline: Path | None = None
+    ) -> None:
         """Load ``sub``'s rules and route its syscalls to it; the first attach starts audit.
 
         Args:
             sub: What the sensor wants.
             backlog: Kernel backlog limit while running (used by the first attach only).
             rcvbuf: Netlink receive buffer in bytes (first attach only).
+            baseline: A file keeping the audit settings found before the first change, so an
+                agent killed without stopping restores them at its next stop (first attach).
 
         Raises:
             AgentError: The sensor is attached already, or the kernel refused a change; every
@@ -228,6 +236,7 @@ class AuditHub:
                 raise AgentError(f"{sub.name} is attached to kernel audit already; stop it first")
             first = not self._subs
         if first:
+            self._baseline = baseline
             self._start(sub, backlog, rcvbuf)
         else:
             if backlog != self.backlog_limit:
@@ -302,7 +311,7 @@ class AuditHub:
     def _configure(self, sub: Subscription, backlog: int, rcvbuf: int) -> None:
         self._changes = _Changes()
         self._control = control = netlink.AuditSocket()
-        previous = control.get_status()
+        previous = self._settings_to_restore(control.get_status())
         self._changes.previous = previous
         self._lost_base = previous.lost
         if previous.enabled == netlink.AUDIT_ENABLED_LOCKED:
@@ -322,6 +331,36 @@ class AuditHub:
             control.set_status(netlink.AUDIT_STATUS_ENABLED, enabled=1)
             self._changes.enabled_changed = True
         log.debug("audit netlink receive buffer is %d bytes", self._events.rcvbuf)
+
+    def _settings_to_restore(self, found: netlink.AuditStatus) -> netlink.AuditStatus:
+        """The settings to put back at stop: saved ones when an earlier run died holding audit.
+
+        An agent killed with SIGKILL leaves audit enabled with its backlog limit; the settings
+        it found are still in the baseline file, and those are the ones to restore.
+        """
+        if self._baseline is None:
+            return found
+        try:
+            saved = json.loads(self._baseline.read_text())
+        except FileNotFoundError:
+            saved = None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable audit baseline %s: %s", self._baseline, exc)
+            saved = None
+        if isinstance(saved, dict) and {"enabled", "backlog_limit"} <= set(saved):
+            log.warning(
+                "an earlier run did not restore kernel audit; will restore enabled=%s "
+                "backlog_limit=%s as it found them",
+                saved["enabled"],
+                saved["backlog_limit"],
+            )
+            return dataclasses.replace(
+                found, enabled=int(saved["enabled"]), backlog_limit=int(saved["backlog_limit"])
+            )
+        self._baseline.write_text(
+            json.dumps({"enabled": found.enabled, "backlog_limit": found.backlog_limit})
+        )
+        return found
 
     @staticmethod
     def _remove_stale_rules(control: netlink.AuditSocket) -> None:
@@ -391,6 +430,8 @@ class AuditHub:
             )
         changes.pid_registered = changes.backlog_changed = False
         self._close_sockets()
+        if not problems and self._baseline is not None:
+            self._baseline.unlink(missing_ok=True)
         return problems
 
     def _try(self, what: str, step: Callable[[], None]) -> list[str]:
@@ -582,6 +623,9 @@ class AuditHub:
             log.warning("%s failed on audit event %s", sub.name, event.event_id)
             log.debug("handler traceback", exc_info=True)
 
+
+# The file, in the agent's state folder, that keeps the audit settings found at start.
+AUDIT_BASELINE = "audit-baseline.json"
 
 HUB = AuditHub()
 """The agent's audit hub; sensors attach to it rather than opening audit themselves."""

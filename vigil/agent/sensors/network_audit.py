@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from vigil.agent.audit import rules
 from vigil.agent.audit.hub import (
+    AUDIT_BASELINE,
     HUB,
     Subscription,
     audit_options,
@@ -80,6 +82,11 @@ class NetworkAuditSensor(Sensor):
         self._names: dict[int, dict[int, str]] = {}
         self._prober = SocketProber()
 
+    def _baseline_file(self) -> Path | None:
+        """Where the audit settings found at start are kept, in the agent's state folder."""
+        folder = Path(self.context.state_dir) if self.context.state_dir else None
+        return folder / AUDIT_BASELINE if folder is not None and folder.is_dir() else None
+
     def check_compatible(self) -> None:
         """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
         check_available(self.name)
@@ -112,7 +119,7 @@ class NetworkAuditSensor(Sensor):
             on_syscall=self._probe,
         )
         try:
-            HUB.attach(subscription, backlog, rcvbuf)
+            HUB.attach(subscription, backlog, rcvbuf, baseline=self._baseline_file())
         except AgentError as exc:
             self.set_state("failed", str(exc))
             raise

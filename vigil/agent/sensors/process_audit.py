@@ -29,10 +29,18 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from vigil.agent.audit import privilege, rules
-from vigil.agent.audit.hub import HUB, Subscription, audit_options, check_available, event_unique
+from vigil.agent.audit.hub import (
+    AUDIT_BASELINE,
+    HUB,
+    Subscription,
+    audit_options,
+    check_available,
+    event_unique,
+)
 from vigil.agent.audit.reassembly import AuditEvent
 from vigil.agent.audit.records import (
     AUDIT_CAPSET,
@@ -99,6 +107,11 @@ class ProcessAuditSensor(Sensor):
         self._names: dict[int, dict[int, str]] = {}
         self._next_prune = 0.0
 
+    def _baseline_file(self) -> Path | None:
+        """Where the audit settings found at start are kept, in the agent's state folder."""
+        folder = Path(self.context.state_dir) if self.context.state_dir else None
+        return folder / AUDIT_BASELINE if folder is not None and folder.is_dir() else None
+
     def check_compatible(self) -> None:
         """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
         check_available(self.name)
@@ -141,7 +154,7 @@ class ProcessAuditSensor(Sensor):
             tap=callback,
         )
         try:
-            HUB.attach(subscription, backlog, rcvbuf)
+            HUB.attach(subscription, backlog, rcvbuf, baseline=self._baseline_file())
         except AgentError as exc:
             self.set_state("failed", str(exc))
             raise
