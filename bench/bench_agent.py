@@ -243,8 +243,10 @@ def main() -> None:
             '"process.parent.entity_id" IS NOT NULL AND '
             "list_contains(\"event.type\", 'start')",
         )
-        connected = count(
-            api, f'"destination.port" = {workload.port} AND "event.action" = \'connect\''
+        connected = wait_until(
+            api,
+            f'"destination.port" = {workload.port} AND "event.action" = \'connect\'',
+            args.connections,
         )
         delays = latency_probes(api, run)
         health = api.call("GET", "/hosts")[0]["health"]
