@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from vigil.agent.audit import rules
 from vigil.agent.audit.hub import (
-    AUDIT_BASELINE,
-    HUB,
     Subscription,
     audit_options,
     check_available,
@@ -41,9 +38,10 @@ from vigil.agent.audit.records import (
     AuditRecord,
     value_bytes,
 )
+from vigil.agent.audit.sensor import AuditSensor
 from vigil.agent.errors import AgentError
 from vigil.agent.processes import ProcessTable, audit_users, event_base, process_fields
-from vigil.agent.sensors.base import Sensor, SensorContext, SensorHealth
+from vigil.agent.sensors.base import SensorContext
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ def _fd(call: str, fields: dict[str, str]) -> int | None:
         return None
 
 
-class NetworkAuditSensor(Sensor):
+class NetworkAuditSensor(AuditSensor):
     """Emits ``network`` events for connect, accept, bind and listen, with the owning process.
 
     connect is an egress connection (``destination`` from the record, ``source`` from the
@@ -81,11 +79,6 @@ class NetworkAuditSensor(Sensor):
         self._table: ProcessTable | None = None
         self._names: dict[int, dict[int, str]] = {}
         self._prober = SocketProber()
-
-    def _baseline_file(self) -> Path | None:
-        """Where the audit settings found at start are kept, in the agent's state folder."""
-        folder = Path(self.context.state_dir) if self.context.state_dir else None
-        return folder / AUDIT_BASELINE if folder is not None and folder.is_dir() else None
 
     def check_compatible(self) -> None:
         """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
@@ -118,36 +111,12 @@ class NetworkAuditSensor(Sensor):
             handle=self._handle,
             on_syscall=self._probe,
         )
-        try:
-            HUB.attach(subscription, backlog, rcvbuf, baseline=self._baseline_file())
-        except AgentError as exc:
-            self.set_state("failed", str(exc))
-            raise
+        self.attach(subscription, backlog, rcvbuf)
         message = "kernel audit: connect, accept, bind, listen on IPv4 and IPv6"
         if not self._prober.available:
             message += f"; no local addresses or transport ({self._prober.reason})"
         self.set_state("running", message)
         log.info("network_audit running")
-
-    def stop(self) -> None:
-        """Detach from the audit hub (the last sensor to detach restores kernel audit).
-
-        Raises:
-            AgentError: A setting could not be restored; the message names it.
-        """
-        problems = HUB.detach(self.name)
-        if problems:
-            message = "network_audit stopped but could not restore: " + "; ".join(problems)
-            self.set_state("failed", message)
-            raise AgentError(message + "; check with AUDIT_GET / AUDIT_LIST_RULES and fix by hand")
-        self.set_state("stopped")
-
-    def health(self) -> SensorHealth:
-        """State and counters, with the shared audit counters (records, lost, backlog...)."""
-        health = super().health()
-        if health.state == "running" and HUB.failure:
-            health.state, health.message = "failed", HUB.failure
-        return SensorHealth(health.state, health.message, {**HUB.counters(), **health.counters})
 
     def _call(self, syscall: AuditRecord) -> str | None:
         fields = syscall.fields

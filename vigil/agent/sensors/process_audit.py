@@ -29,12 +29,10 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from vigil.agent.audit import privilege, rules
 from vigil.agent.audit.hub import (
-    AUDIT_BASELINE,
     HUB,
     Subscription,
     audit_options,
@@ -53,6 +51,7 @@ from vigil.agent.audit.records import (
     proctitle_args,
     value_text,
 )
+from vigil.agent.audit.sensor import AuditSensor
 from vigil.agent.errors import AgentError
 from vigil.agent.processes import (
     Creds,
@@ -73,7 +72,7 @@ from vigil.agent.processes import (
     ticks_to_epoch,
     user_fields,
 )
-from vigil.agent.sensors.base import Sensor, SensorContext, SensorHealth
+from vigil.agent.sensors.base import SensorContext
 from vigil.schema.ecs import iso
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ COUNTERS = ("events", "forks", "fork_unlinked", "id_unchanged", "id_before_unkno
 AuditCallback = Callable[[AuditEvent], None]
 
 
-class ProcessAuditSensor(Sensor):
+class ProcessAuditSensor(AuditSensor):
     """Emits ``process`` start (exec), end (exit) and change (uid, gid, capabilities) events.
 
     Exec events carry the exact argv, executable, working directory, SHA-256 of the
@@ -106,11 +105,6 @@ class ProcessAuditSensor(Sensor):
         self._boot = boot_time()
         self._names: dict[int, dict[int, str]] = {}
         self._next_prune = 0.0
-
-    def _baseline_file(self) -> Path | None:
-        """Where the audit settings found at start are kept, in the agent's state folder."""
-        folder = Path(self.context.state_dir) if self.context.state_dir else None
-        return folder / AUDIT_BASELINE if folder is not None and folder.is_dir() else None
 
     def check_compatible(self) -> None:
         """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
@@ -153,37 +147,13 @@ class ProcessAuditSensor(Sensor):
             on_syscall=self._read_proc,
             tap=callback,
         )
-        try:
-            HUB.attach(subscription, backlog, rcvbuf, baseline=self._baseline_file())
-        except AgentError as exc:
-            self.set_state("failed", str(exc))
-            raise
+        self.attach(subscription, backlog, rcvbuf)
         self.set_state("running", f"kernel audit, backlog limit {HUB.backlog_limit}")
         log.info(
             "process_audit running: %d audit rules loaded, backlog limit %d",
             len(subscription.rules),
             HUB.backlog_limit,
         )
-
-    def stop(self) -> None:
-        """Detach from the audit hub; the last audit sensor restores every audit setting.
-
-        Raises:
-            AgentError: A setting could not be restored; the message names it.
-        """
-        problems = HUB.detach(self.name)
-        if problems:
-            message = "process_audit stopped but could not restore: " + "; ".join(problems)
-            self.set_state("failed", message)
-            raise AgentError(message + "; check with AUDIT_GET / AUDIT_LIST_RULES and fix by hand")
-        self.set_state("stopped")
-
-    def health(self) -> SensorHealth:
-        """State and counters, with the shared audit counters (records, lost, backlog...)."""
-        health = super().health()
-        if health.state == "running" and HUB.failure:
-            health.state, health.message = "failed", HUB.failure
-        return SensorHealth(health.state, health.message, {**HUB.counters(), **health.counters})
 
     def _call(self, syscall: AuditRecord) -> str | None:
         fields = syscall.fields
