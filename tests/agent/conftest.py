@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import pytest
 
 from vigil.agent.audit import netlink, rules
-from vigil.agent.sensors.base import SensorContext
+from vigil.agent.sensors.base import Sensor, SensorContext
 
 
 def _vigil_rules(sock: netlink.AuditSocket) -> list[bytes]:
@@ -91,3 +92,18 @@ def _wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
 def wait_for() -> Callable[..., Any]:
     """Poll a predicate until it returns something true or a timeout passes; return its value."""
     return _wait_for
+
+
+SensorT = TypeVar("SensorT", bound=Sensor)
+
+
+@contextmanager
+def started(sensor: SensorT) -> Iterator[SensorT]:
+    """A sensor checked and started for a test; stopped afterwards if it is still running."""
+    sensor.check_compatible()
+    sensor.start()
+    try:
+        yield sensor
+    finally:
+        if sensor.health().state == "running":
+            sensor.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent.conftest import started
 from vigil.agent.audit import netlink, rules
 from vigil.agent.errors import AgentError, NotApplicable
 from vigil.agent.processes import read_start_ticks
@@ -31,14 +32,8 @@ def running(
 ) -> Iterator[tuple[ProcessAuditSensor, Events]]:
     """A started process_audit sensor collecting its events; stopped afterwards."""
     context, events = make_context()
-    sensor = ProcessAuditSensor(context)
-    sensor.check_compatible()
-    sensor.start()
-    try:
+    with started(ProcessAuditSensor(context)) as sensor:
         yield sensor, events
-    finally:
-        if sensor.health().state == "running":
-            sensor.stop()
 
 
 def _process_rules() -> list[rules.AuditRule]:

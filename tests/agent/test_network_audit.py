@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent.conftest import started
 from vigil.agent.audit import netlink, rules
 from vigil.agent.processes import read_start_ticks
 from vigil.agent.sensors.base import SensorContext
@@ -61,14 +62,8 @@ def network(
 ) -> Iterator[tuple[NetworkAuditSensor, Events]]:
     """A started network_audit sensor collecting its events; stopped afterwards."""
     context, events = make_context()
-    sensor = NetworkAuditSensor(context)
-    sensor.check_compatible()
-    sensor.start()
-    try:
+    with started(NetworkAuditSensor(context)) as sensor:
         yield sensor, events
-    finally:
-        if sensor.health().state == "running":
-            sensor.stop()
 
 
 def _python(script: str, *args: str) -> subprocess.Popen[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent.conftest import started
 from vigil.agent.audit import netlink
 from vigil.agent.processes import container_id, tty_device
 from vigil.agent.sensors.base import SensorContext
@@ -30,13 +31,8 @@ def running(
 ) -> Iterator[tuple[ProcessAuditSensor, Events]]:
     """A started process_audit sensor collecting its events; stopped afterwards."""
     context, events = make_context()
-    sensor = ProcessAuditSensor(context)
-    sensor.start()
-    try:
+    with started(ProcessAuditSensor(context)) as sensor:
         yield sensor, events
-    finally:
-        if sensor.health().state == "running":
-            sensor.stop()
 
 
 def _with(events: Events, action: str, needle: str) -> Events:
