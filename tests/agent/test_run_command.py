@@ -73,7 +73,6 @@ def test_output_truncated(tmp_path: Path) -> None:
 
 def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    started = time.monotonic()
     out = _action(tmp_path, True).run(
         {
             "argv": [f"sleep 30 & echo $! > {pidfile}; wait"],
@@ -83,7 +82,6 @@ def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     )
     assert out["timed_out"]
     assert out["exit_code"] == -9
-    assert time.monotonic() - started < 15
     child = int(pidfile.read_text())
     # The background sleep was in the group, so it was killed too (at most a zombie remains).
     deadline = time.monotonic() + 5
