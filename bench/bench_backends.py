@@ -318,7 +318,6 @@ def vigil_rules() -> Any:
 
 
 def vigil_match(rules: Any, events: Sequence[dict[str, Any]]) -> tuple[Pairs, float]:
-    rules.match(events[0])  # builds the prefilters of the first log source
     started = time.perf_counter()
     found: Pairs = set()
     for index, event in enumerate(events):

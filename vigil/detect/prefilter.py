@@ -5,7 +5,8 @@ For one event, each tested value is read and lower-cased once, then looked up: w
 dict, prefixes and suffixes with one anchored match against a trie-shaped regular expression, and
 substrings with one scan of another, each on the literals' first ``LITERAL_CAP`` characters.
 Keyword atoms are searched in all the event's strings at once. A rule is a candidate when each of
-its clauses has an atom that held; rules without needs are always candidates.
+its clauses has an atom that held; rules without needs are always candidates. What a field value
+held is remembered for the next event that carries the same value (:class:`ValueMemo`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from vigil.detect.conditions import text_values
 from vigil.detect.fieldmap import MISSING
 from vigil.detect.needs import Atom, Clause, FieldKey, Needs, clause_weight
-from vigil.detect.values import as_text
+from vigil.detect.values import number_texts
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ _END = ""
 # which the full rule test then rejects; it keeps the patterns, and the time to compile one per
 # log-source group, small: Python parses a pattern character by character.
 LITERAL_CAP = 12
+
+# Values remembered by a ValueMemo, and the longest text worth remembering: at most about
+# capacity x (longest + 150) bytes (~6 MB).
+MEMO_CAPACITY = 16384
+MEMO_LONGEST_TEXT = 256
 
 
 def _trie_regex(literals: Iterable[str]) -> str:
@@ -112,10 +118,10 @@ class LiteralSet:
 
 
 class _ValueIndex:
-    """The atoms on one event value (one field, or all strings for keywords)."""
+    """The atoms on one event value: one field, or all strings for keywords (field None)."""
 
-    def __init__(self, read: Callable[[Mapping[str, Any]], tuple[str, ...]]) -> None:
-        self.read = read
+    def __init__(self, field: FieldKey | None) -> None:
+        self.field = field
         self.atoms: dict[str, dict[str, set[int]]] = {
             "exact": {},
             "prefix": {},
@@ -126,9 +132,12 @@ class _ValueIndex:
     def add(self, atom: Atom, clause: int) -> None:
         self.atoms[atom.kind].setdefault(atom.literal, set()).add(clause)
 
-    def compile(self) -> Callable[[Mapping[str, Any], set[int]], None]:
-        """The per-event lookup: adds to ``hits`` the clauses whose atoms on this value hold."""
-        read = self.read
+    def compile(self, memo: ValueMemo) -> Callable[[Mapping[str, Any], set[int]], None]:
+        """The per-event lookup: adds to ``hits`` the clauses whose atoms on this value hold.
+
+        Args:
+            memo: Remembers the clauses of short field values already scanned.
+        """
         exact = {lit: tuple(ids) for lit, ids in self.atoms["exact"].items()}
         steps: list[Callable[[str, set[int]], None]] = []
         if self.atoms["prefix"]:
@@ -138,44 +147,95 @@ class _ValueIndex:
         if self.atoms["contains"]:
             steps.append(LiteralSet(self.atoms["contains"]).anywhere)
 
-        def lookup(event: Mapping[str, Any], hits: set[int]) -> None:
-            for text in read(event):
-                if text in exact:
-                    hits.update(exact[text])
-                for step in steps:
-                    step(text, hits)
+        def scan(text: str, hits: set[int]) -> None:
+            # ``text`` is lower case, as the evaluator compares it.
+            if text in exact:
+                hits.update(exact[text])
+            for step in steps:
+                step(text, hits)
 
-        return lookup
+        if self.field is None:
+
+            def keyword_lookup(event: Mapping[str, Any], hits: set[int]) -> None:
+                # All the event's strings at once; they rarely repeat, so nothing is remembered.
+                # Lower-casing the joined text equals joining the lower-cased strings: the
+                # separator is neither cased nor case-ignorable, so final sigmas stay final.
+                scan(_JOIN.join(text_values(event)).lower(), hits)
+
+            return keyword_lookup
+
+        get = self.field.getter()
+        table = memo.table()
+        remember = memo.remember
+
+        def field_lookup(event: Mapping[str, Any], hits: set[int]) -> None:
+            value = get(event)
+            if value is MISSING or value is None:
+                return
+            if type(value) is int:
+                value = str(value)  # an integer reads exactly as its digits would
+            if isinstance(value, str):
+                found = table.get(value)
+                if found is None:
+                    scanned: set[int] = set()
+                    scan(value.lower(), scanned)
+                    found = tuple(scanned)
+                    if len(value) <= MEMO_LONGEST_TEXT:
+                        remember(table, value, found)
+                if found:
+                    hits.update(found)
+                return
+            items = value if isinstance(value, list | tuple) else (value,)
+            for item in items:
+                if item is not None:
+                    for text in number_texts(item):
+                        scan(text.lower(), hits)
+
+        return field_lookup
 
 
-def _field_reader(key: FieldKey) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
-    get = key.getter()
+class ValueMemo:
+    """The clauses found in recently seen field values, shared by a rule set's prefilters.
 
-    def read(event: Mapping[str, Any]) -> tuple[str, ...]:
-        # The texts the evaluator compares, lower-cased once per event and field.
-        value = get(event)
-        if value is MISSING or value is None:
-            return ()
-        if isinstance(value, list | tuple):
-            return tuple(as_text(item).lower() for item in value if item is not None)
-        return (as_text(value).lower(),)
+    Field values repeat (the same executables, parents, registry keys, event codes), so a value
+    is scanned once, not on every event that carries it. The memo is emptied when it holds
+    ``capacity`` values, which bounds its memory whatever the input.
+    """
 
-    return read
+    def __init__(self, capacity: int = MEMO_CAPACITY) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._tables: list[dict[str, tuple[int, ...]]] = []
 
+    def table(self) -> dict[str, tuple[int, ...]]:
+        """A new table for one value index, emptied with the others."""
+        table: dict[str, tuple[int, ...]] = {}
+        self._tables.append(table)
+        return table
 
-def _keyword_reader(event: Mapping[str, Any]) -> tuple[str, ...]:
-    return (_JOIN.join([text.lower() for text in text_values(event)]),)
+    def remember(
+        self, table: dict[str, tuple[int, ...]], text: str, found: tuple[int, ...]
+    ) -> None:
+        if self.size >= self.capacity:
+            for each in self._tables:
+                each.clear()
+            self.size = 0
+        table[text] = found
+        self.size += 1
 
 
 class Prefilter:
     """Picks, per event, the rules (by position) whose needs the event fulfils."""
 
-    def __init__(self, needs: Sequence[Needs]) -> None:
+    def __init__(self, needs: Sequence[Needs], memo: ValueMemo | None = None) -> None:
         """Index the needs of rules, one entry per rule position.
 
         Args:
             needs: Each rule's needs; a rule with none is a candidate for every event.
+            memo: Where field values' clauses are remembered, shared by the prefilters of one
+                rule set; a memo of its own when None.
         """
+        memo = memo if memo is not None else ValueMemo()
         self.size = len(needs)
         self._always: list[int] = []
         clause_ids: dict[Clause, int] = {}
@@ -194,8 +254,7 @@ class Prefilter:
         for clause, clause_id in clause_ids.items():
             for atom in clause:
                 if atom.field not in values:
-                    reader = _keyword_reader if atom.field is None else _field_reader(atom.field)
-                    values[atom.field] = _ValueIndex(reader)
+                    values[atom.field] = _ValueIndex(atom.field)
                 values[atom.field].add(atom, clause_id)
 
         # Compiling builds large, short-lived, acyclic structures (tries, parsed patterns); the
@@ -203,7 +262,7 @@ class Prefilter:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._lookups = [index.compile() for index in values.values()]
+            self._lookups = [index.compile(memo) for index in values.values()]
         finally:
             if collecting:
                 gc.enable()

@@ -32,7 +32,7 @@ from vigil.detect.errors import DetectError
 from vigil.detect.fieldmap import FieldMap, default_fieldmap
 from vigil.detect.logsource import LogSource, event_logsources
 from vigil.detect.placeholders import Placeholders, resolve_placeholders
-from vigil.detect.prefilter import Prefilter, PrefilterChain
+from vigil.detect.prefilter import Prefilter, PrefilterChain, ValueMemo
 from vigil.detect.rules import Rule, RuleLoadError, compile_rule, rule_id
 
 logger = logging.getLogger(__name__)
@@ -282,7 +282,13 @@ class RuleSet:
             if id(rule) not in filed:
                 filed.add(id(rule))
                 self._index.setdefault(LogSource.from_mapping(rule.logsource), []).append(rule)
-        self._prefilters: dict[LogSource, Prefilter] = {}
+        # Built now, not on a group's first event, so that the first events of a stream (or a
+        # scan) do not pay for compiling thousands of literals.
+        memo = ValueMemo()
+        self._prefilters: dict[LogSource, Prefilter] = {
+            key: Prefilter([rule.needs for rule in group], memo)
+            for key, group in self._index.items()
+        }
         self._plans: dict[tuple[LogSource, ...], _Plan] = {}
         self._plan_memo: dict[tuple[LogSource, ...], _Plan] = {}
 
@@ -411,20 +417,13 @@ class RuleSet:
             plan = _Plan(
                 rules,
                 tuple(rule.matches_detection for rule in rules),
-                PrefilterChain([self._group_prefilter(key) for key in groups]),
+                PrefilterChain([self._prefilters[key] for key in groups]),
             )
             self._plans[groups] = plan
         if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
             self._plan_memo.clear()
         self._plan_memo[sources] = plan
         return plan
-
-    def _group_prefilter(self, key: LogSource) -> Prefilter:
-        prefilter = self._prefilters.get(key)
-        if prefilter is None:
-            prefilter = Prefilter([rule.needs for rule in self._index[key]])
-            self._prefilters[key] = prefilter
-        return prefilter
 
     def __len__(self) -> int:
         return len(self.rules)

@@ -71,6 +71,27 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
+def canonical_number(number: float) -> str:
+    """One text for equal numbers: ``4728``, ``4728.0`` and ``4.728e3`` all read ``4728``."""
+    if isinstance(number, float) and not number.is_integer():
+        return repr(number)
+    try:
+        return str(int(number))
+    except (OverflowError, ValueError):  # infinity, NaN
+        return repr(number)
+
+
+def number_texts(value: Any) -> tuple[str, ...]:
+    """The texts a value shows to string and number matching: its text, and if it is a number
+    whose canonical form differs, that form too."""
+    text = as_text(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        canonical = canonical_number(value)
+        if canonical != text:
+            return (text, canonical)
+    return (text,)
+
+
 def _as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -349,9 +370,9 @@ def value_needs(
 ) -> Needs:
     """What every value :func:`compile_values` accepts with the same arguments has.
 
-    Mirrors :func:`compile_values` value by value: strings and booleans give literals, regular
-    expressions the literals they require; a value that implies none (a number, a CIDR or
-    comparison, ``*``) makes the whole OR-linked list imply nothing.
+    Mirrors :func:`compile_values` value by value: strings, booleans and numbers on a field give
+    literals, regular expressions the literals they require; a value that implies none (a CIDR
+    or comparison, ``*``, a number as a keyword) makes the whole OR-linked list imply nothing.
 
     Args:
         values: The values given to :func:`compile_values`.
@@ -372,6 +393,14 @@ def value_needs(
             atom = string_atom(string_parts(value, fold), fold, field)
         elif isinstance(value, SigmaBool) and field is not None:
             atom = Atom("exact", field, "true" if value.boolean else "false")
+        elif (
+            isinstance(value, SigmaNumber) and type(value) is SigmaNumber and field and not keyword
+        ):
+            # Matched as the text of the number or as an equal number; the prefilter reads a
+            # number in the event as both its text and its canonical form (see number_texts).
+            texts = {as_text(value.number), canonical_number(value.number)}
+            alternatives.append(any_atom([Atom("exact", field, text) for text in texts]))
+            continue
         if atom is None:
             return NO_NEEDS
         alternatives.append(any_atom([atom]))
