@@ -34,6 +34,9 @@ class Action(abc.ABC):
     name: ClassVar[str]
     permission: ClassVar[str]
     destructive: ClassVar[bool] = False
+    # An action that uploads evidence gets its task id from the agent, and the server accepts
+    # uploads that name a task of this action.
+    uploads_evidence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
