@@ -50,6 +50,7 @@ def upload_evidence(
     cap: int,
     task_id: str | None,
     metadata: dict[str, Any],
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Upload the file at ``path`` as evidence in 1 MiB chunks; return the server's record.
 
@@ -61,14 +62,15 @@ def upload_evidence(
         cap: Fail if the file grows past this many bytes while it is read.
         task_id: The task that asked, recorded in the chain of custody.
         metadata: Kept with the evidence record (mode, owner, what kind of evidence...).
+        source: What the evidence is called in its record (default: ``path``).
 
     Raises:
         ResponseError: the server could not be reached or refused the upload; whatever was
             sent is dropped on both sides.
     """
-    upload_id = _call(link, action, "/evidence", {"path": path, "size": size, "task_id": task_id})[
-        "upload_id"
-    ]
+    upload_id = _call(
+        link, action, "/evidence", {"path": source or path, "size": size, "task_id": task_id}
+    )["upload_id"]
     try:
         digest, sent, chunks = _send(link, action, upload_id, path, cap)
     except BaseException:
