@@ -586,7 +586,13 @@ class CollectTriageAction(Action):
         archive = work / f"triage-{stamp}-{uuid.uuid4().hex[:8]}.tar.gz"
 
         try:
-            manifest = build_bundle(archive, options, self.context, self.root)
+            try:
+                manifest = build_bundle(archive, options, self.context, self.root)
+            except OSError as exc:
+                raise ResponseError(
+                    f"{NAME}: could not write the bundle in {work}: {exc.strerror or exc}; "
+                    "free space there or lower 'max_bytes'; nothing was sent"
+                ) from exc
             size = archive.stat().st_size
             if size > options.max_bytes:
                 raise ResponseError(
