@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import json
 import os
 import ssl
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +20,20 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import RunningServer, free_port
-from vigil.agent import identity
+from tests.triage_host import make_host
+from vigil.agent import identity, runtime
+from vigil.agent.policy import Policy
 from vigil.agent.respond import ActionContext
 from vigil.agent.respond.collect import CollectAction
 from vigil.agent.respond.errors import ResponseError
+from vigil.agent.respond.triage import CollectTriageAction
+from vigil.agent.tasks import run_action
 from vigil.agent.transport import ServerLink
 from vigil.cli.client import ApiClient
+from vigil.cli.main import main
 from vigil.detect import builtin_rules_dir
+from vigil.schema.ecs import utc_now_iso
+from vigil.schema.wire import TaskBody
 from vigil.server import evidence_api
 from vigil.server.app import ADMIN_TOKEN_FILE, build_server
 from vigil.server.context import ServerConfig
@@ -250,3 +260,138 @@ def test_the_cli_downloads_evidence_to_a_file(
     target = tmp_path / "downloaded.txt"
     written = evidence_server.api.download(f"/evidence/{result['evidence_id']}/content", target)
     assert written == sample.stat().st_size and target.read_bytes() == sample.read_bytes()
+
+
+def _sha256_of_members(bundle: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        hashes = {
+            m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    return manifest, hashes
+
+
+def test_a_triage_bundle_arrives_as_evidence_with_its_sha256_and_custody(
+    evidence_server: RunningServer,
+    enrolled: identity.Identity,
+    link: ServerLink,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = make_host(tmp_path)
+    context = ActionContext(
+        agent_id=enrolled.agent_id,
+        state_dir=str(enrolled.state_dir),
+        server_host=enrolled.server_host,
+        server_port=enrolled.server_port,
+        link=link,
+    )
+    task = evidence_server.api.call(
+        "POST",
+        f"/hosts/{enrolled.agent_id}/respond",
+        {"action": "collect_triage", "params": {}, "reason": "alert 42"},
+    )
+
+    result = CollectTriageAction(context, root=str(host)).run({"task_id": task["id"]})
+
+    record = evidence_server.api.call("GET", f"/evidence/{result['evidence_id']}")
+    assert record["sha256"] == result["sha256"] and record["size"] == result["size"]
+    assert record["task_id"] == task["id"] and record["requested_by"] == "admin"
+    assert record["metadata"]["kind"] == "triage" and record["metadata"]["format"] == "tar.gz"
+    assert record["metadata"]["entries"] == result["entries"]
+    assert record["original_path"].startswith("triage:") and record["original_path"].endswith(
+        ".tar.gz"
+    )
+    assert record["custody"][0]["actor"] == f"agent:{enrolled.agent_id}"
+    # The agent keeps nothing of the bundle once it is sent.
+    assert list((enrolled.state_dir / "triage").iterdir()) == []
+
+    downloaded = content(evidence_server, result["evidence_id"])
+    assert downloaded.status_code == 200
+    assert hashlib.sha256(downloaded.content).hexdigest() == record["sha256"]
+    assert downloaded.headers["X-Vigil-SHA256"] == record["sha256"]
+    assert f"{result['evidence_id']}.tar.gz" in downloaded.headers["content-disposition"]
+    manifest, hashes = _sha256_of_members(downloaded.content)
+    assert {e["name"]: e["sha256"] for e in manifest["entries"]} == {
+        name: digest for name, digest in hashes.items() if name != "manifest.json"
+    }
+    assert "files/root/.bash_history" in hashes and "files/etc/shadow" not in hashes
+
+    # `vigil evidence get` fetches it too.
+    for name in ("VIGIL_SERVER", "VIGIL_TOKEN", "VIGIL_CA"):
+        monkeypatch.delenv(name, raising=False)
+    target = tmp_path / "bundle.tar.gz"
+    argv = ["evidence", "get", result["evidence_id"], "-o", str(target), "--json"]
+    assert main([*argv, "--data-dir", str(evidence_server.config.data_dir)]) == 0
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == record["sha256"]
+
+
+def test_the_task_loop_runs_collect_triage_and_names_its_task(
+    evidence_server: RunningServer, enrolled: identity.Identity, link: ServerLink
+) -> None:
+    """Through the registry, as the agent runs a task: the real file system, a small cap."""
+    context = ActionContext(
+        agent_id=enrolled.agent_id,
+        state_dir=str(enrolled.state_dir),
+        server_host=enrolled.server_host,
+        server_port=enrolled.server_port,
+        link=link,
+    )
+    task = evidence_server.api.call(
+        "POST",
+        f"/hosts/{enrolled.agent_id}/respond",
+        {"action": "collect_triage", "params": {"max_bytes": 2_000_000}, "reason": "triage"},
+    )
+    body = TaskBody(
+        task_id=task["id"],
+        tenant_id="default",
+        agent_id=enrolled.agent_id,
+        action="collect_triage",
+        params={"max_bytes": 2_000_000, "since_minutes": 10},
+        nonce="n",
+        issued_at=time.time(),
+        expires_at=time.time() + 60,
+    )
+
+    status, result, message = run_action(body, context)
+
+    assert (status, message) == ("done", "")
+    assert result["size"] <= 2_000_000
+    record = evidence_server.api.call("GET", f"/evidence/{result['evidence_id']}")
+    assert record["task_id"] == task["id"] and record["sha256"] == result["sha256"]
+    manifest, hashes = _sha256_of_members(content(evidence_server, record["id"]).content)
+    assert manifest["root"] == "/" and "files/etc/passwd" in hashes
+    assert "live/processes.json" in hashes
+
+
+def test_a_bundle_carries_the_agents_newest_events_sent_or_not(
+    evidence_server: RunningServer,
+    enrolled: identity.Identity,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "RECENT_EVENTS", 10)
+    agent = runtime.Agent(enrolled, policy=Policy.default([]))
+    try:
+        stamp = utc_now_iso()
+        for n in range(25):
+            agent.emit({"@timestamp": stamp, "event": {"kind": "event"}, "n": n})
+        # What the writer thread does: spool them (nothing sends them in this test).
+        agent._flush_queue()
+        assert [e["n"] for e in agent.recent_events()] == list(range(15, 25))
+
+        result = CollectTriageAction(agent.action_context, root=str(make_host(tmp_path))).run(
+            {"max_events": 4}
+        )
+    finally:
+        agent.link.close()
+        agent.spool.close()
+
+    bundle = content(evidence_server, result["evidence_id"]).content
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        recent = tar.extractfile("telemetry/recent.jsonl").read()  # type: ignore[union-attr]
+        unsent = tar.extractfile("telemetry/unsent.jsonl").read()  # type: ignore[union-attr]
+    assert [json.loads(line)["n"] for line in recent.splitlines()] == [21, 22, 23, 24]
+    rows = [json.loads(line) for line in unsent.splitlines()]
+    assert [(e["n"], e["event"]["sequence"]) for e in rows] == [(n, n + 1) for n in range(21, 25)]

@@ -10,6 +10,7 @@ Threads, each with one job:
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from vigil.agent import identity as identity_mod
+from vigil.agent import spool as spool_mod
 from vigil.agent.errors import AgentError, NotApplicable, TaskRejected
 from vigil.agent.policy import Policy
 from vigil.agent.processes import ProcessTable
@@ -41,6 +43,9 @@ FALLBACKS = {"process_audit": "process_poll"}
 POLL_SECONDS = 25.0
 MAX_BACKOFF = 30.0
 WRITE_GATHER_SECONDS = 0.02
+# Events kept in memory after they are spooled, for a triage bundle (the spool forgets what the
+# server acknowledged).
+RECENT_EVENTS = 2000
 
 
 class Agent:
@@ -55,7 +60,7 @@ class Agent:
         self.identity = ident
         self.batch_size = batch_size
         self.policy = policy or default_policy()
-        self.spool = Spool(ident.state_dir / "spool.sqlite")
+        self.spool = Spool(ident.state_dir / spool_mod.FILE_NAME)
         self.link = ServerLink(ident)
         self.checker = TaskChecker(
             ident.agent_id, ident.task_key_path.read_text(), ident.state_dir / "nonces.json"
@@ -70,6 +75,8 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._wake_sender = threading.Event()
         self._task_busy = threading.Event()
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
+        self._recent_lock = threading.Lock()
 
     @property
     def action_context(self) -> ActionContext:
@@ -80,7 +87,13 @@ class Agent:
             server_port=self.identity.server_port,
             link=self.link,
             allow_run_command=self.policy.allow_run_command,
+            recent_events=self.recent_events,
         )
+
+    def recent_events(self) -> list[dict[str, Any]]:
+        """The newest events written to the spool (up to ``RECENT_EVENTS``), oldest first."""
+        with self._recent_lock:
+            return list(self._recent)
 
     def emit(self, doc: dict[str, Any]) -> None:
         """Hand an event to the spool writer (sensors call this from their own threads)."""
@@ -191,6 +204,8 @@ class Agent:
             except queue.Empty:
                 break
         self.spool.append(docs)
+        with self._recent_lock:
+            self._recent.extend(docs)
         return len(docs)
 
     def _writer(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EVENTS = 2_000_000
+# The spool's file in the agent's state folder.
+FILE_NAME = "spool.sqlite"
 
 
 class Spool:
@@ -94,3 +96,29 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def newest_unsent(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` events still in the spool at ``path``, oldest first, read-only.
+
+    These are the events the server has not acknowledged yet; acknowledged ones are deleted.
+    Opens its own read-only connection, so it may run beside the agent's writer.
+
+    Raises:
+        sqlite3.Error: the spool cannot be read (missing, locked or damaged).
+    """
+    if not path.exists():
+        raise sqlite3.OperationalError(f"no spool at {path}")
+    db = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT seq, doc FROM events ORDER BY seq DESC LIMIT ?", (limit,)
+        ).fetchall()
+    finally:
+        db.close()
+    events = []
+    for seq, text in reversed(rows):
+        doc = json.loads(text)
+        doc.setdefault("event", {})["sequence"] = seq
+        events.append(doc)
+    return events

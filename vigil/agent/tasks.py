@@ -67,7 +67,7 @@ def run_action(body: TaskBody, context: ActionContext) -> tuple[str, dict[str, A
         return "failed", {}, f"this agent has no action {body.action!r}"
     try:
         params = dict(body.params)
-        if body.action == "collect":
+        if action_cls.uploads_evidence:
             # The custody record names the task; the agent, not the analyst, says which.
             params["task_id"] = body.task_id
         result = action_cls(context).run(params)

@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     respond = sub.add_parser(
         "respond", parents=[common], help="run any response action on a host (see docs/response.md)"
     )
-    respond.add_argument("action", help="isolate, release, kill, quarantine, collect, yara...")
+    respond.add_argument(
+        "action", help="isolate, release, kill, quarantine, collect, collect_triage, yara..."
+    )
     respond.add_argument("host_id")
     respond.add_argument(
         "--param",
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     evidence_sub = evidence.add_subparsers(dest="sub", required=True)
     evidence_sub.add_parser("list", parents=[common])
     evidence_get = evidence_sub.add_parser(
-        "get", parents=[common], help="download a collected file"
+        "get", parents=[common], help="download a collected file or triage bundle"
     )
     evidence_get.add_argument("evidence_id")
     evidence_get.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from vigil.agent.respond import REGISTRY as ACTIONS
 from vigil.server import auth
 from vigil.server.auth import Analyst
 from vigil.server.context import ServerContext
@@ -82,7 +83,10 @@ def start_upload(
     ctx: ServerContext = Depends(auth.server),
     store: EvidenceStore = Depends(evidence_store),
 ) -> dict[str, str]:
-    """Open an upload; a ``task_id`` must name a collect task of this agent (requester kept)."""
+    """Open an upload; a ``task_id`` must name a collect or collect_triage task of this agent.
+
+    The task's requester is kept for the chain of custody.
+    """
     if start.size > MAX_BYTES:
         raise HTTPException(
             413, f"{start.path} is {start.size} bytes, over the cap of {MAX_BYTES}; not accepted"
@@ -90,7 +94,8 @@ def start_upload(
     requested_by = None
     if start.task_id is not None:
         task = ctx.state.task_for_agent(agent["id"], start.task_id)
-        if task is None or task["action"] != "collect":
+        action = ACTIONS.get(task["action"]) if task is not None else None
+        if task is None or action is None or not action.uploads_evidence:
             raise HTTPException(
                 404, f"task {start.task_id} is not a collect task of this agent; upload refused"
             )
@@ -232,9 +237,11 @@ def evidence_content(
         {"sha256": record["sha256"]},
         "ok",
     )
+    # The agent says what it sent; only a known format names the download.
+    suffix = "tar.gz" if record["metadata"].get("format") == "tar.gz" else "bin"
     return FileResponse(
         path,
         media_type="application/octet-stream",
-        filename=f"{record['id']}.bin",
+        filename=f"{record['id']}.{suffix}",
         headers={"X-Vigil-SHA256": record["sha256"]},
     )

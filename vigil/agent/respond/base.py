@@ -9,6 +9,7 @@ status with a message, so one failing action never stops the agent.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ REGISTRY: dict[str, type[Action]] = {}
 
 @dataclass
 class ActionContext:
-    """What an action may use: the agent's identity, state folder, server address, processes."""
+    """What an action may use: identity, state folder, server address, processes, recent events."""
 
     agent_id: str
     state_dir: str
@@ -26,6 +27,8 @@ class ActionContext:
     processes: Any = None
     link: Any = None
     allow_run_command: bool = False
+    # The newest events the agent wrote to its spool, oldest first (sent or not).
+    recent_events: Callable[[], list[dict[str, Any]]] | None = None
 
 
 class Action(abc.ABC):
@@ -34,6 +37,9 @@ class Action(abc.ABC):
     name: ClassVar[str]
     permission: ClassVar[str]
     destructive: ClassVar[bool] = False
+    # An action that uploads evidence gets its task id from the agent, and the server accepts
+    # uploads that name a task of this action.
+    uploads_evidence: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

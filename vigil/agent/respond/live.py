@@ -43,7 +43,8 @@ def _limit(params: dict[str, Any], action: str) -> int:
     return limit
 
 
-def _entity(agent_id: str, pid: int, cache: dict[int, str | None]) -> str | None:
+def process_entity(agent_id: str, pid: int, cache: dict[int, str | None]) -> str | None:
+    """The ``process.entity_id`` of ``pid`` now (None if it is gone), remembered in ``cache``."""
     if pid not in cache:
         try:
             cache[pid] = entity_id(agent_id, pid, read_start_ticks(pid))
@@ -79,7 +80,7 @@ class LiveProcessesAction(Action):
             total += 1
             if len(rows) >= limit:
                 continue
-            eid = _entity(self.context.agent_id, info["pid"], {})
+            eid = process_entity(self.context.agent_id, info["pid"], {})
             if eid is None:
                 continue
             cmdline = " ".join(info["cmdline"] or [])
@@ -104,7 +105,8 @@ class LiveProcessesAction(Action):
         return {"processes": rows, "total": total, "truncated": total > len(rows)}
 
 
-def _address(addr: Any) -> dict[str, Any] | None:
+def socket_address(addr: Any) -> dict[str, Any] | None:
+    """A psutil socket address as ``{ip, port}`` or ``{path}``; None when there is none."""
     if not addr:
         return None
     if isinstance(addr, str):
@@ -147,14 +149,14 @@ class LiveConnectionsAction(Action):
                 {
                     "family": socket.AddressFamily(conn.family).name,
                     "type": socket.SocketKind(conn.type).name,
-                    "local": _address(conn.laddr),
-                    "remote": _address(conn.raddr),
+                    "local": socket_address(conn.laddr),
+                    "remote": socket_address(conn.raddr),
                     "status": conn.status,
                     "pid": conn.pid,
                     "entity_id": (
                         None
                         if conn.pid is None
-                        else _entity(self.context.agent_id, conn.pid, cache)
+                        else process_entity(self.context.agent_id, conn.pid, cache)
                     ),
                 }
             )
