@@ -59,7 +59,7 @@ def status(ctx: ServerContext = Depends(auth.server)) -> dict[str, Any]:
 @router.post("/enroll-tokens")
 def create_enroll_token(
     request: EnrollTokenRequest,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.enroller),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """A token that enrolls agents into the caller's tenant, with the CA fingerprint in it."""
@@ -229,7 +229,7 @@ def alerts(
 def update_alert(
     alert_id: str,
     update: AlertUpdate,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.triager),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Triage: mark an alert acknowledged or closed (or new again)."""
