@@ -34,6 +34,9 @@ class Action(abc.ABC):
     name: ClassVar[str]
     permission: ClassVar[str]
     destructive: ClassVar[bool] = False
+    # The agent tells the server it started (task state ``running``) before it runs an action
+    # that can take long, so an analyst can tell a slow action from a lost one.
+    long_running: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

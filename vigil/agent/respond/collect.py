@@ -54,6 +54,7 @@ class CollectAction(Action):
     name = "collect"
     permission = "response.collect"
     destructive = False
+    long_running = True
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check the file and the cap, then upload it chunk by chunk and finish with its sha256."""
