@@ -27,6 +27,7 @@ from vigil.agent.errors import AgentError, NotApplicable, TaskRejected
 from vigil.agent.policy import Policy
 from vigil.agent.processes import ProcessTable
 from vigil.agent.respond import isolate
+from vigil.agent.respond.base import REGISTRY as ACTIONS
 from vigil.agent.respond.base import ActionContext
 from vigil.agent.sensors import REGISTRY as SENSORS
 from vigil.agent.sensors.base import Sensor, SensorContext
@@ -319,6 +320,9 @@ class Agent:
             log.error("%s", exc)
             return
         log.info("running task %s: %s %s", body.task_id, body.action, body.params)
+        action_cls = ACTIONS.get(body.action)
+        if action_cls is not None and action_cls.long_running:
+            self._report_running(body.task_id)
         status, result, message = run_action(body, self.action_context)
         try:
             self.link.post(
@@ -327,6 +331,13 @@ class Agent:
             )
         except httpx.HTTPError as exc:
             log.warning("could not report task %s: %s", body.task_id, exc)
+
+    def _report_running(self, task_id: str) -> None:
+        """Say a long action started; a server that cannot be told is no reason not to run it."""
+        try:
+            self.link.post(f"/tasks/{task_id}/result", {"status": "running", "message": "started"})
+        except httpx.HTTPError as exc:
+            log.debug("could not report task %s as running: %s", task_id, exc)
 
 
 def default_policy() -> Policy:

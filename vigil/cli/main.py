@@ -18,6 +18,7 @@ from vigil import logutil
 from vigil.cli import output, rules, scan
 from vigil.cli.client import ApiClient, CliError
 from vigil.errors import VigilError
+from vigil.server.roles import ROLES
 
 DEFAULT_DATA_DIR = "./vigil-data"
 DEFAULT_AGENT_STATE = "/var/lib/vigil-agent"
@@ -86,6 +87,54 @@ def _wait_option(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="return once the task is queued instead of waiting for its outcome",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would be done and what the guardrails say; audited, nothing is queued",
+    )
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"want on or off, got {value!r}")
+    return value == "on"
+
+
+def _policy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    policy = sub.add_parser("policy", parents=[common], help="the tenant's response guardrails")
+    policy_sub = policy.add_subparsers(dest="sub", required=True)
+    policy_sub.add_parser("show", parents=[common])
+    policy_set = policy_sub.add_parser(
+        "set", parents=[common], help="change some guardrails (admin); the others stay"
+    )
+    policy_set.add_argument(
+        "--allow-actions",
+        metavar="A,B,...|all",
+        help="the actions the tenant allows (run_command also needs --run-command on)",
+    )
+    policy_set.add_argument(
+        "--isolate-cap-per-hour", type=int, metavar="N", help="distinct hosts per rolling hour"
+    )
+    policy_set.add_argument("--run-command", type=_on_off, metavar="on|off")
+    policy_set.add_argument(
+        "--critical-approval",
+        type=_on_off,
+        metavar="on|off",
+        help="destructive actions on hosts tagged critical need a second analyst",
+    )
+
+
+def _tokens_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    tokens = sub.add_parser("tokens", parents=[common], help="analysts' API tokens (admin)")
+    tokens_sub = tokens.add_subparsers(dest="sub", required=True)
+    create = tokens_sub.add_parser(
+        "create", parents=[common], help="print a new token; it is shown only once"
+    )
+    create.add_argument("name", help="the analyst's name, unique in the tenant")
+    create.add_argument("--role", default="analyst", choices=tuple(ROLES))
+    tokens_sub.add_parser("list", parents=[common])
+    revoke = tokens_sub.add_parser("revoke", parents=[common], help="revoke a name's tokens")
+    revoke.add_argument("name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = sub.add_parser("hosts", parents=[common], help="enrolled hosts")
     hosts_sub = hosts.add_subparsers(dest="sub", required=True)
     hosts_sub.add_parser("list", parents=[common])
+    for verb, text in (("tag", "add tags, e.g. critical"), ("untag", "remove tags")):
+        tagging = hosts_sub.add_parser(verb, parents=[common], help=text)
+        tagging.add_argument("host_id")
+        tagging.add_argument("tags", nargs="+", metavar="TAG")
     isolate = hosts_sub.add_parser(
         "isolate", parents=[common], help="cut the host off the network but for the server"
     )
@@ -219,6 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_sub.add_parser("list", parents=[common])
     task_show = tasks_sub.add_parser("show", parents=[common])
     task_show.add_argument("task_id")
+    for verb, text in (
+        ("approve", "approve a task held for a second analyst; it is then sent"),
+        ("deny", "refuse a task held for approval (or withdraw your own)"),
+    ):
+        decide = tasks_sub.add_parser(verb, parents=[common], help=text)
+        decide.add_argument("task_id")
+        decide.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+        if verb == "approve":
+            decide.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="return once the task is sent instead of waiting for its outcome",
+            )
+
+    _policy_parser(sub, common)
+    _tokens_parser(sub, common)
 
     scan.add_parser(sub, parents=[common])
     rules.add_parser(sub, parents=[common])
@@ -264,8 +333,16 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call("POST", "/enroll-tokens", {"ttl_seconds": args.ttl, "uses": args.uses})
     if command == "hosts" and sub == "list":
         return api.call("GET", "/hosts")
+    if command == "hosts" and sub == "tag":
+        return api.call("POST", f"/hosts/{args.host_id}/tags", {"tags": args.tags})
+    if command == "hosts" and sub == "untag":
+        host = None
+        for tag in args.tags:
+            host = api.call("DELETE", f"/hosts/{args.host_id}/tags/{tag}")
+        return host
     if command == "hosts":
-        task = api.call("POST", f"/hosts/{args.host_id}/{sub}", {"reason": args.reason})
+        body = {"reason": args.reason, "dry_run": args.dry_run}
+        task = api.call("POST", f"/hosts/{args.host_id}/{sub}", body)
         return task if args.no_wait else _wait_for_task(api, task)
     if command == "alerts" and sub == "list":
         filters = {
@@ -282,7 +359,12 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
     if command == "hunt":
         return api.call("POST", "/hunt", {"sql": args.sql})
     if command == "kill":
-        body = {"entity_id": args.entity_id, "tree": args.tree, "reason": args.reason}
+        body = {
+            "entity_id": args.entity_id,
+            "tree": args.tree,
+            "reason": args.reason,
+            "dry_run": args.dry_run,
+        }
         task = api.call("POST", f"/hosts/{args.host_id}/kill", body)
         return task if args.no_wait else _wait_for_task(api, task)
     if command == "intel" and sub == "import":
@@ -316,14 +398,52 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         size = api.download(f"/evidence/{args.evidence_id}/content", args.output)
         return {**meta, "saved_to": str(args.output), "saved_bytes": size}
     if command == "respond":
-        body = {"action": args.action, "params": parse_params(args.param), "reason": args.reason}
+        body = {
+            "action": args.action,
+            "params": parse_params(args.param),
+            "reason": args.reason,
+            "dry_run": args.dry_run,
+        }
         task = api.call("POST", f"/hosts/{args.host_id}/respond", body)
         return task if args.no_wait else _wait_for_task(api, task)
     if command == "tasks" and sub == "list":
         return api.call("GET", "/tasks")
+    if command == "tasks" and sub in ("approve", "deny"):
+        task = api.call("POST", f"/tasks/{args.task_id}/{sub}", {"reason": args.reason})
+        return task if sub == "deny" or args.no_wait else _wait_for_task(api, task)
     if command == "tasks":
         return api.call("GET", f"/tasks/{args.task_id}")
+    if command == "policy" and sub == "show":
+        return api.call("GET", "/policy")
+    if command == "policy":
+        return api.call("PATCH", "/policy", policy_changes(args))
+    if command == "tokens" and sub == "create":
+        return api.call("POST", "/tokens", {"name": args.name, "role": args.role})
+    if command == "tokens" and sub == "list":
+        return api.call("GET", "/tokens")
+    if command == "tokens":
+        return api.call("DELETE", f"/tokens/{args.name}")
     raise CliError(f"unknown command {command!r}")
+
+
+def policy_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields ``vigil policy set`` was given, as the PATCH body."""
+    changes: dict[str, Any] = {}
+    if args.allow_actions is not None:
+        names = [a.strip() for a in args.allow_actions.split(",") if a.strip()]
+        changes["allowed_actions"] = None if names == ["all"] else names
+    if args.isolate_cap_per_hour is not None:
+        changes["isolate_cap_per_hour"] = args.isolate_cap_per_hour
+    if args.run_command is not None:
+        changes["run_command"] = args.run_command
+    if args.critical_approval is not None:
+        changes["critical_needs_approval"] = args.critical_approval
+    if not changes:
+        raise CliError(
+            "nothing to change: give --allow-actions, --isolate-cap-per-hour, --run-command "
+            "or --critical-approval"
+        )
+    return changes
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -353,7 +473,12 @@ def read_feed_files(path: Path) -> dict[str, str]:
 
 
 def _wait_for_task(api: ApiClient, task: dict[str, Any]) -> dict[str, Any]:
-    """Poll a task until the agent reports an outcome, or give up and show it as it is."""
+    """Poll a task until the agent reports an outcome, or give up and show it as it is.
+
+    A dry run, and a task held for approval, are shown at once: nothing is on its way.
+    """
+    if task.get("dry_run"):
+        return task
     deadline = time.monotonic() + TASK_WAIT_SECONDS
     while task["status"] in ("queued", "delivered", "running") and time.monotonic() < deadline:
         time.sleep(0.3)

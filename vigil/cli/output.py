@@ -27,9 +27,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _hosts(result: list[dict[str, Any]]) -> str:
     return table(
-        ["ID", "NAME", "ISOLATED", "LAST SEEN"],
-        [[h["id"], h["name"], h["isolated"], h["last_seen"]] for h in result],
+        ["ID", "NAME", "ISOLATED", "TAGS", "LAST SEEN"],
+        [
+            [h["id"], h["name"], h["isolated"], ",".join(h.get("tags", [])), h["last_seen"]]
+            for h in result
+        ],
     )
+
+
+def _host_tags(result: dict[str, Any]) -> str:
+    return f"{result['name']} ({result['id']}): tags {', '.join(result['tags']) or 'none'}"
 
 
 def _alerts(result: list[dict[str, Any]]) -> str:
@@ -108,22 +115,70 @@ def _tasks(result: list[dict[str, Any]]) -> str:
 
 
 def _task(result: dict[str, Any]) -> str:
+    if result.get("dry_run"):
+        return _dry_run(result)
     message = f" ({result['message']})" if result["message"] else ""
     lines = [
         f"task {result['id']}: {result['action']} on {result['agent_id']}",
         f"  status:   {result['status']}{message}",
         f"  asked by: {result['requested_by']} at {result['created']}: {result['reason'] or '-'}",
-        f"  params:   {json.dumps(result['params'])}",
     ]
+    if result.get("decided_by"):
+        lines.append(f"  decided:  by {result['decided_by']}: {result['decision_reason'] or '-'}")
+    lines.append(f"  params:   {json.dumps(result['params'])}")
     if result.get("result"):
         lines.append(f"  result:   {json.dumps(result['result'])}")
     return "\n".join(lines)
+
+
+def _dry_run(result: dict[str, Any]) -> str:
+    verdict = result["verdict"]
+    lines = [
+        f"dry run: {result['action']} on {result['host']} ({result['agent_id']}) would "
+        f"{result['would']}; nothing was queued",
+        f"  params:   {json.dumps(result['params'])}",
+        f"  reason:   {result['reason'] or '-'}",
+    ]
+    if verdict["guardrail"]:
+        lines.append(f"  guardrail {verdict['guardrail']}: {verdict['message']}")
+    return "\n".join(lines)
+
+
+def _policy(result: dict[str, Any]) -> str:
+    allowed = result["allowed_actions"]
+    lines = [
+        f"response policy of tenant {result['tenant_id']}"
+        + (
+            f" (changed by {result['updated_by']} at {result['updated']})"
+            if result["updated"]
+            else " (defaults)"
+        ),
+        f"  allowed actions:     {'all' if allowed is None else ', '.join(allowed) or 'none'}",
+        f"  run_command:         {'on' if result['run_command'] else 'off'}",
+        f"  isolate cap:         {result['isolate_cap_per_hour']} hosts per rolling hour",
+        "  critical approval:   "
+        + (
+            "on (destructive actions on critical hosts need a second analyst)"
+            if result["critical_needs_approval"]
+            else "off"
+        ),
+        f"  in effect:           {', '.join(result['effective_actions']) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def _tokens(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["NAME", "ROLE", "CREATED"], [[t["name"], t["role"], t["created"]] for t in result]
+    )
 
 
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),
     ("hosts", "list"): _hosts,
+    ("hosts", "tag"): _host_tags,
+    ("hosts", "untag"): _host_tags,
     ("hosts", "isolate"): _task,
     ("hosts", "release"): _task,
     ("alerts", "list"): _alerts,
@@ -138,6 +193,13 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ),
     ("tasks", "list"): _tasks,
     ("tasks", "show"): _task,
+    ("tasks", "approve"): _task,
+    ("tasks", "deny"): _task,
+    ("policy", "show"): _policy,
+    ("policy", "set"): _policy,
+    ("tokens", "create"): lambda r: str(r["token"]),
+    ("tokens", "list"): _tokens,
+    ("tokens", "revoke"): lambda r: f"revoked {r['revoked']} token(s) named {r['name']}",
 }
 
 

@@ -19,7 +19,7 @@ from vigil.schema.tokens import make_enroll_token
 from vigil.server import auth
 from vigil.server.auth import Analyst
 from vigil.server.context import ServerContext
-from vigil.server.tasks import queue_task
+from vigil.server.tasks import expire_due, queue_task
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ class HuntRequest(BaseModel):
 
 class ResponseRequest(BaseModel):
     reason: str = Field(default="", max_length=4000)
+    dry_run: bool = Field(default=False, description="audit and return the verdict, queue nothing")
 
 
 class DestructiveRequest(BaseModel):
     """Destructive actions must say why: the reason goes into the audit trail."""
 
     reason: str = Field(min_length=1, max_length=4000)
+    dry_run: bool = Field(default=False, description="audit and return the verdict, queue nothing")
 
 
 class KillRequest(DestructiveRequest):
@@ -59,7 +61,7 @@ def status(ctx: ServerContext = Depends(auth.server)) -> dict[str, Any]:
 @router.post("/enroll-tokens")
 def create_enroll_token(
     request: EnrollTokenRequest,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.enroller),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """A token that enrolls agents into the caller's tenant, with the CA fingerprint in it."""
@@ -89,6 +91,7 @@ def _host(row: dict[str, Any]) -> dict[str, Any]:
         "enrolled": iso_epoch(row["enrolled"]),
         "last_seen": iso_epoch(row["last_seen"]),
         "isolated": bool(row["isolated"]),
+        "tags": json.loads(row.get("tags") or "[]"),
         "health": json.loads(row["health"] or "{}"),
     }
 
@@ -125,7 +128,7 @@ def isolate(
 ) -> dict[str, Any]:
     """Cut the host off the network except for its line to this server."""
     _tenant_host(ctx, analyst, host_id)
-    return queue_task(ctx, analyst, host_id, "isolate", {}, request.reason)
+    return queue_task(ctx, analyst, host_id, "isolate", {}, request.reason, dry_run=request.dry_run)
 
 
 @router.post("/hosts/{host_id}/release")
@@ -136,7 +139,7 @@ def release(
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     _tenant_host(ctx, analyst, host_id)
-    return queue_task(ctx, analyst, host_id, "release", {}, request.reason)
+    return queue_task(ctx, analyst, host_id, "release", {}, request.reason, dry_run=request.dry_run)
 
 
 @router.post("/hosts/{host_id}/kill")
@@ -152,13 +155,16 @@ def kill(
     if pid is None:
         raise HTTPException(404, f"no process {request.entity_id!r} in this host's telemetry")
     params = {"entity_id": request.entity_id, "pid": pid, "tree": request.tree}
-    return queue_task(ctx, analyst, host_id, "kill", params, request.reason)
+    return queue_task(
+        ctx, analyst, host_id, "kill", params, request.reason, dry_run=request.dry_run
+    )
 
 
 class RespondRequest(BaseModel):
     action: str = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
     reason: str = Field(default="", max_length=4000)
+    dry_run: bool = Field(default=False, description="audit and return the verdict, queue nothing")
 
 
 @router.post("/hosts/{host_id}/respond")
@@ -168,7 +174,11 @@ def respond(
     analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
-    """Any response action the agent has, by name; destructive ones need a reason."""
+    """Any response action the agent has, by name; destructive ones need a reason.
+
+    The guardrails (role, tenant policy, isolation cap, approval on critical hosts) apply to
+    this and to every other response endpoint alike; see ``vigil.server.guardrails``.
+    """
     _tenant_host(ctx, analyst, host_id)
     action = ACTIONS.get(request.action)
     if action is None:
@@ -177,13 +187,22 @@ def respond(
         )
     if action.destructive and not request.reason.strip():
         raise HTTPException(422, f"{request.action} is destructive: give a reason (--reason)")
-    return queue_task(ctx, analyst, host_id, request.action, request.params, request.reason)
+    return queue_task(
+        ctx,
+        analyst,
+        host_id,
+        request.action,
+        request.params,
+        request.reason,
+        dry_run=request.dry_run,
+    )
 
 
 @router.get("/tasks")
 def tasks(
     analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
 ) -> list[dict[str, Any]]:
+    expire_due(ctx, analyst.tenant_id)
     return ctx.state.tasks(analyst.tenant_id)
 
 
@@ -193,6 +212,7 @@ def task(
     analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
+    expire_due(ctx, analyst.tenant_id)
     found = ctx.state.task(analyst.tenant_id, task_id)
     if found is None:
         raise HTTPException(404, f"no task {task_id!r}")
@@ -229,7 +249,7 @@ def alerts(
 def update_alert(
     alert_id: str,
     update: AlertUpdate,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.triager),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Triage: mark an alert acknowledged or closed (or new again)."""

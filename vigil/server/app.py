@@ -17,9 +17,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import vigil
-from vigil.server import agent_api, analyst_api, evidence_api, intel_api
+from vigil.server import (
+    admin_api,
+    agent_api,
+    analyst_api,
+    evidence_api,
+    intel_api,
+    response_api,
+)
 from vigil.server.context import ServerConfig, ServerContext
 from vigil.server.correlate import flush_periodically
+from vigil.server.errors import RequestRefused
+from vigil.server.tasks import expire_periodically
 from vigil.server.tls import ClientCertH11Protocol
 from vigil.server.visibility import watch_agents
 from vigil.store.state import DEFAULT_TENANT
@@ -48,6 +57,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
             asyncio.create_task(watch_agents(ctx)),
             asyncio.create_task(flush_periodically(ctx.correlator, ctx.state.add_alert)),
             asyncio.create_task(intel_api.refresh_periodically(ctx)),
+            asyncio.create_task(expire_periodically(ctx)),
         ]
         yield
         for task in background:
@@ -59,6 +69,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(analyst_api.router)
     app.include_router(intel_api.router)
     app.include_router(evidence_api.router)
+    app.include_router(admin_api.router)
+    app.include_router(response_api.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -68,6 +80,10 @@ def create_app(ctx: ServerContext) -> FastAPI:
             status_code=422,
             content={"detail": f"invalid request: {message}; nothing was stored"},
         )
+
+    @app.exception_handler(RequestRefused)
+    async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc), **exc.details()})
 
     return app
 

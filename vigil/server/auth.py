@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,11 +10,14 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fastapi import HTTPException, Request
 
+from vigil.server import roles
 from vigil.server.context import ServerContext
 
 
 @dataclass(frozen=True)
 class Analyst:
+    """Who asks: an analyst's token (or a playbook acting under a name and role)."""
+
     tenant_id: str
     name: str
     role: str
@@ -34,6 +38,29 @@ def analyst(request: Request) -> Analyst:
     if row is None:
         raise HTTPException(401, "unknown or revoked API token")
     return Analyst(tenant_id=row["tenant_id"], name=row["name"], role=row["role"])
+
+
+def require(permission: str) -> Callable[[Request], Analyst]:
+    """A dependency: the calling analyst, or 403 when their role lacks ``permission``."""
+
+    def analyst_with_permission(request: Request) -> Analyst:
+        caller = analyst(request)
+        why = roles.may(caller.role, permission)
+        if why:
+            raise HTTPException(403, f"refused by role: {why}")
+        return caller
+
+    return analyst_with_permission
+
+
+# One dependency per permission an endpoint needs (response actions are checked by the
+# guardrails, against each action's own permission).
+policy_admin = require(roles.POLICY_WRITE)
+token_admin = require(roles.TOKENS_WRITE)
+enroller = require(roles.AGENTS_ENROLL)
+triager = require(roles.ALERTS_TRIAGE)
+intel_writer = require(roles.INTEL_WRITE)
+tagger = require(roles.HOSTS_TAG)
 
 
 def agent(request: Request) -> dict[str, Any]:

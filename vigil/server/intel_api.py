@@ -138,7 +138,7 @@ def retro_hunt_all(ctx: ServerContext, indicators: list[Indicator]) -> int:
 @router.post("/import")
 def import_intel(
     upload: FeedUpload,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.intel_writer),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Import a feed, match it from now on, and retro-hunt what it adds."""
@@ -187,7 +187,7 @@ def indicators(
 @router.post("/subscriptions")
 def subscribe(
     feed: Subscription,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.intel_writer),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Import a feed by URL now and again every ``every_seconds``."""
@@ -210,7 +210,7 @@ def subscriptions(
 @router.post("/allow")
 def allow(
     request: AllowRequest,
-    analyst: Analyst = Depends(auth.analyst),
+    analyst: Analyst = Depends(auth.intel_writer),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     """Never alert on this value again (hash, address, network, domain and its subdomains)."""

@@ -1,4 +1,4 @@
-"""Server state in SQLite: tenants, agents, tokens, alerts, tasks and the audit trail.
+"""Server state in SQLite: tenants, agents, tokens, alerts, tasks, policies and the audit trail.
 
 Every row carries its tenant. The embedded mode makes one tenant, ``default``; nothing here
 assumes there is only one. All access goes through this class, so a PostgreSQL backend can
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS enroll_tokens (
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, host_id TEXT, hostname TEXT, os TEXT,
     version TEXT, enrolled REAL, last_seen REAL, health TEXT, isolated INTEGER DEFAULT 0,
-    silent INTEGER DEFAULT 0);
+    silent INTEGER DEFAULT 0, tags TEXT DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created REAL, timestamp TEXT,
     rule TEXT, attack TEXT, host_id TEXT, host_name TEXT, entity_id TEXT, event TEXT,
@@ -46,8 +46,12 @@ CREATE INDEX IF NOT EXISTS alerts_by_tenant ON alerts (tenant_id, created);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, agent_id TEXT NOT NULL, action TEXT,
     params TEXT, status TEXT, requested_by TEXT, reason TEXT, created REAL, updated REAL,
-    expires REAL, body TEXT, signature TEXT, result TEXT, message TEXT);
+    expires REAL, body TEXT, signature TEXT, result TEXT, message TEXT, decided_by TEXT,
+    decision_reason TEXT);
 CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks (agent_id, status);
+CREATE INDEX IF NOT EXISTS tasks_by_tenant ON tasks (tenant_id, action, created);
+CREATE TABLE IF NOT EXISTS response_policy (
+    tenant_id TEXT PRIMARY KEY, policy TEXT NOT NULL, updated REAL, updated_by TEXT);
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, at REAL, actor TEXT,
     action TEXT, target TEXT, params TEXT, outcome TEXT);
@@ -81,12 +85,16 @@ class StateStore:
 
     def _add_missing_columns(self) -> None:
         """Columns added since a database was made, so older data directories keep working."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
-        if "silent" not in columns:
-            self._db.execute("ALTER TABLE agents ADD COLUMN silent INTEGER DEFAULT 0")
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(alerts)")}
-        if "details" not in columns:
-            self._db.execute("ALTER TABLE alerts ADD COLUMN details TEXT")
+        added = {
+            "agents": {"silent": "INTEGER DEFAULT 0", "tags": "TEXT DEFAULT '[]'"},
+            "alerts": {"details": "TEXT"},
+            "tasks": {"decided_by": "TEXT", "decision_reason": "TEXT"},
+        }
+        for table, wanted in added.items():
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in wanted.items():
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -121,6 +129,23 @@ class StateStore:
 
     def api_token(self, token: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash(token),))
+
+    def api_tokens(self, tenant_id: str) -> list[dict[str, Any]]:
+        """Name, role and creation time of a tenant's tokens (the tokens themselves are gone)."""
+        rows = self._all(
+            "SELECT name, role, created FROM api_tokens WHERE tenant_id = ? ORDER BY created",
+            (tenant_id,),
+        )
+        for row in rows:
+            row["created"] = iso_epoch(row["created"])
+        return rows
+
+    def revoke_api_tokens(self, tenant_id: str, name: str) -> int:
+        """Delete every token of that name in the tenant; return how many there were."""
+        cursor = self._exec(
+            "DELETE FROM api_tokens WHERE tenant_id = ? AND name = ?", (tenant_id, name)
+        )
+        return cursor.rowcount
 
     def create_enroll_secret(self, tenant_id: str, ttl: float, uses: int) -> str:
         secret = secrets.token_urlsafe(24)
@@ -189,6 +214,19 @@ class StateStore:
     def set_isolated(self, agent_id: str, isolated: bool) -> None:
         self._exec("UPDATE agents SET isolated = ? WHERE id = ?", (int(isolated), agent_id))
 
+    def change_tags(
+        self, agent_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> list[str]:
+        """Add and remove tags of a host in one step; return its tags, sorted."""
+        with self._lock:
+            row = self._db.execute("SELECT tags FROM agents WHERE id = ?", (agent_id,)).fetchone()
+            tags = (set(json.loads(row["tags"] or "[]")) if row else set()) | set(add)
+            tags -= set(remove)
+            self._db.execute(
+                "UPDATE agents SET tags = ? WHERE id = ?", (json.dumps(sorted(tags)), agent_id)
+            )
+        return sorted(tags)
+
     # Alerts.
 
     def add_alert(self, tenant_id: str, alert: dict[str, Any]) -> None:
@@ -252,17 +290,19 @@ class StateStore:
 
     # Tasks.
 
-    def add_task(self, task: dict[str, Any]) -> None:
+    def add_task(self, task: dict[str, Any], status: str = "queued") -> None:
+        """Store a task; one ``pending_approval`` has no body or signature yet."""
         self._exec(
             "INSERT INTO tasks (id, tenant_id, agent_id, action, params, status, requested_by,"
-            " reason, created, updated, expires, body, signature) VALUES"
-            " (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            " reason, created, updated, expires, body, signature, message) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 task["id"],
                 task["tenant_id"],
                 task["agent_id"],
                 task["action"],
                 json.dumps(task["params"]),
+                status,
                 task["requested_by"],
                 task["reason"],
                 task["created"],
@@ -270,35 +310,117 @@ class StateStore:
                 task["expires"],
                 task["body"],
                 task["signature"],
+                task.get("message", ""),
             ),
         )
 
     def pending_tasks(self, agent_id: str) -> list[dict[str, Any]]:
-        """Queued tasks for an agent; expired ones are marked so on the way."""
-        now = time.time()
-        self._exec(
-            "UPDATE tasks SET status = 'expired', updated = ? WHERE agent_id = ?"
-            " AND status IN ('queued', 'delivered') AND expires < ?",
-            (now, agent_id, now),
-        )
+        """Queued tasks for an agent that have not expired (``expire_tasks`` marks those)."""
         return self._all(
-            "SELECT * FROM tasks WHERE agent_id = ? AND status = 'queued' ORDER BY created",
-            (agent_id,),
+            "SELECT * FROM tasks WHERE agent_id = ? AND status = 'queued' AND expires >= ?"
+            " ORDER BY created",
+            (agent_id, time.time()),
         )
 
     def set_task_status(
-        self, task_id: str, status: str, result: dict[str, Any] | None = None, message: str = ""
-    ) -> None:
-        self._exec(
+        self,
+        task_id: str,
+        status: str,
+        result: dict[str, Any] | None = None,
+        message: str = "",
+        only_from: Sequence[str] | None = None,
+    ) -> bool:
+        """Change a task's status (only from one of ``only_from``, when given); True if it did."""
+        where, args = "id = ?", [task_id]
+        if only_from is not None:
+            where += f" AND status IN ({', '.join('?' for _ in only_from)})"
+            args.extend(only_from)
+        cursor = self._exec(
             "UPDATE tasks SET status = ?, updated = ?, result = COALESCE(?, result),"
-            " message = ? WHERE id = ?",
+            f" message = ? WHERE {where}",
             (
                 status,
                 time.time(),
                 json.dumps(result) if result is not None else None,
                 message,
-                task_id,
+                *args,
             ),
+        )
+        return cursor.rowcount == 1
+
+    def decide_task(
+        self,
+        task_id: str,
+        status: str,
+        decided_by: str,
+        reason: str,
+        message: str = "",
+        signed: tuple[str, str] | None = None,
+    ) -> bool:
+        """Approve (with the signed body) or deny a task still pending approval; True if it was."""
+        body, signature = signed or (None, None)
+        cursor = self._exec(
+            "UPDATE tasks SET status = ?, updated = ?, decided_by = ?, decision_reason = ?,"
+            " message = ?, body = COALESCE(?, body), signature = COALESCE(?, signature)"
+            " WHERE id = ? AND status = 'pending_approval'",
+            (status, time.time(), decided_by, reason, message, body, signature, task_id),
+        )
+        return cursor.rowcount == 1
+
+    def task_row(self, tenant_id: str, task_id: str) -> dict[str, Any] | None:
+        """A task as stored, with its raw times and parameters."""
+        return self._one("SELECT * FROM tasks WHERE tenant_id = ? AND id = ?", (tenant_id, task_id))
+
+    def expire_tasks(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Mark tasks past their expiry that no agent answered as ``expired``; return them."""
+        now = time.time()
+        where = "status IN ('queued', 'pending_approval', 'delivered') AND expires < ?"
+        args: tuple[Any, ...] = (now,)
+        if tenant_id is not None:
+            where += " AND tenant_id = ?"
+            args = (now, tenant_id)
+        with self._lock:
+            rows = [
+                dict(r)
+                for r in self._db.execute(f"SELECT * FROM tasks WHERE {where}", args).fetchall()
+            ]
+            self._db.executemany(
+                "UPDATE tasks SET status = 'expired', updated = ? WHERE id = ? AND status = ?",
+                [(now, r["id"], r["status"]) for r in rows],
+            )
+        return rows
+
+    def hosts_with_tasks_since(
+        self, tenant_id: str, action: str, since: float, statuses: Sequence[str]
+    ) -> dict[str, float]:
+        """Hosts with a task of that action created since ``since`` in one of ``statuses``.
+
+        Maps each host to the creation time of its newest such task.
+        """
+        rows = self._all(
+            "SELECT agent_id, MAX(created) AS newest FROM tasks WHERE tenant_id = ?"
+            f" AND action = ? AND created >= ? AND status IN ({', '.join('?' for _ in statuses)})"
+            " GROUP BY agent_id",
+            (tenant_id, action, since, *statuses),
+        )
+        return {r["agent_id"]: float(r["newest"]) for r in rows}
+
+    # Response policy.
+
+    def response_policy(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's stored response policy, or None when it never set one."""
+        row = self._one("SELECT * FROM response_policy WHERE tenant_id = ?", (tenant_id,))
+        if row is None:
+            return None
+        policy: dict[str, Any] = json.loads(row["policy"])
+        policy["updated"] = iso_epoch(row["updated"])
+        policy["updated_by"] = row["updated_by"]
+        return policy
+
+    def set_response_policy(self, tenant_id: str, policy: dict[str, Any], actor: str) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO response_policy VALUES (?, ?, ?, ?)",
+            (tenant_id, json.dumps(policy), time.time(), actor),
         )
 
     def task(self, tenant_id: str, task_id: str) -> dict[str, Any] | None:
@@ -362,7 +484,17 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
 def _task(row: dict[str, Any]) -> dict[str, Any]:
     task = {
         k: row[k]
-        for k in ("id", "agent_id", "action", "status", "requested_by", "reason", "message")
+        for k in (
+            "id",
+            "agent_id",
+            "action",
+            "status",
+            "requested_by",
+            "reason",
+            "message",
+            "decided_by",
+            "decision_reason",
+        )
     }
     for moment in ("created", "updated", "expires"):
         task[moment] = iso_epoch(row[moment])

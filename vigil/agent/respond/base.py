@@ -40,6 +40,9 @@ class Action(abc.ABC):
     # An action that uploads evidence gets its task id from the agent, and the server accepts
     # uploads that name a task of this action.
     uploads_evidence: ClassVar[bool] = False
+    # The agent tells the server it started (task state ``running``) before it runs an action
+    # that can take long, so an analyst can tell a slow action from a lost one.
+    long_running: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -165,6 +165,7 @@ class CollectAction(Action):
     permission = "response.collect"
     destructive = False
     uploads_evidence = True
+    long_running = True
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check the file and the cap, then upload it chunk by chunk and finish with its sha256."""

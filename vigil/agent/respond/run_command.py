@@ -113,6 +113,7 @@ class RunCommandAction(Action):
     name = "run_command"
     permission = "response.run_command"
     destructive = True
+    long_running = True
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check the policy, run the command in its own process group and collect its output."""

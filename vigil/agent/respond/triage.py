@@ -570,6 +570,7 @@ class CollectTriageAction(Action):
     permission = "response.collect"
     destructive = False
     uploads_evidence = True
+    long_running = True
 
     def __init__(self, context: ActionContext, root: str = "/") -> None:
         """``root`` is where the host's files are read (tests only; tasks cannot set it)."""

@@ -127,6 +127,7 @@ class YaraScanAction(Action):
     name = "yara"
     permission = "response.yara"
     destructive = False
+    long_running = True
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         """Compile the rules, run the scan in a niced worker and return what matched."""
