@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import vigil
-from vigil.server import agent_api, analyst_api, evidence_api, intel_api
+from vigil.server import agent_api, analyst_api, evidence_api, intel_api, playbook_api
 from vigil.server.context import ServerConfig, ServerContext
 from vigil.server.correlate import flush_periodically
 from vigil.server.playbook_runner import run_playbooks
@@ -65,6 +65,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(analyst_api.router)
     app.include_router(intel_api.router)
     app.include_router(evidence_api.router)
+    app.include_router(playbook_api.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
