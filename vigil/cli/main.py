@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import logutil
-from vigil.cli import output, rules, scan
+from vigil.cli import output, playbooks, rules, scan
 from vigil.cli.client import ApiClient, CliError
 from vigil.errors import VigilError
 
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_show = tasks_sub.add_parser("show", parents=[common])
     task_show.add_argument("task_id")
 
+    playbooks.add_parser(sub, parents=[common])
     scan.add_parser(sub, parents=[common])
     rules.add_parser(sub, parents=[common])
     return parser
@@ -317,6 +318,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         body = {"action": args.action, "params": parse_params(args.param), "reason": args.reason}
         task = api.call("POST", f"/hosts/{args.host_id}/respond", body)
         return task if args.no_wait else _wait_for_task(api, task)
+    if command == "playbooks":
+        return playbooks.call(args, api)
     if command == "tasks" and sub == "list":
         return api.call("GET", "/tasks")
     if command == "tasks":
