@@ -139,6 +139,7 @@ def playbook(
     analyst: Analyst = Depends(auth.analyst),
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
+    """One playbook, with the text it was added as."""
     row = ctx.state.playbook(analyst.tenant_id, name)
     if row is None:
         raise HTTPException(404, f"no playbook {name!r}; see 'vigil playbooks list'")

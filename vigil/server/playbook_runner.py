@@ -47,6 +47,7 @@ class ActionRequest:
 
     @property
     def requested_by(self) -> str:
+        """Who the task is asked for by, in the task and the audit trail."""
         return f"playbook:{self.playbook}"
 
 
