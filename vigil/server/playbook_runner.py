@@ -288,7 +288,8 @@ def _carry_out(
         dispatch(ctx, ActionRequest(tenant_id, book.name, book.mode, host, alert, a, p, reason))
         for a, p in steps
     ]
-    failed = [o for o in outcomes if o["outcome"] == "failed"]
+    # Anything but would_run or queued (failed, or a later check's refusal) fails the run.
+    failed = [o for o in outcomes if o["outcome"] not in ("would_run", "queued")]
     if failed:
         status = "failed"
         message += "; " + "; ".join(f"{o['action']}: {o['message']}" for o in failed)
