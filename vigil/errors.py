@@ -11,6 +11,8 @@ VigilError
  ├── IntelError           (vigil.intel.errors)    a feed cannot be read or an indicator is bad
  ├── LogSourceError       (vigil.logsources.errors)  a log file cannot be read
  └── ServerError          (vigil.server.errors)   the server refused or failed a request
+      └── PlaybookError                           a playbook is not valid
+           └── PlaceholderError                   an alert lacks a field a playbook names
 """
 
 from __future__ import annotations

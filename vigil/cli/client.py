@@ -71,9 +71,15 @@ class ApiClient:
         path: str,
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
+        content: str | None = None,
+        content_type: str = "application/yaml",
     ) -> Any:
+        """One REST call; ``body`` is sent as JSON, or ``content`` as text of ``content_type``."""
+        headers = {"Content-Type": content_type} if content is not None else None
         try:
-            response = self._client.request(method, path, json=body, params=params)
+            response = self._client.request(
+                method, path, json=body, params=params, content=content, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the server: {exc}") from exc
         if response.status_code >= 400:

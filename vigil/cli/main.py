@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import logutil
-from vigil.cli import output, rules, scan
+from vigil.cli import output, playbooks, rules, scan
 from vigil.cli.client import ApiClient, CliError
 from vigil.errors import VigilError
 from vigil.server.roles import ROLES
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_parser(sub, common)
     _tokens_parser(sub, common)
 
+    playbooks.add_parser(sub, parents=[common])
     scan.add_parser(sub, parents=[common])
     rules.add_parser(sub, parents=[common])
     return parser
@@ -406,6 +407,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         }
         task = api.call("POST", f"/hosts/{args.host_id}/respond", body)
         return task if args.no_wait else _wait_for_task(api, task)
+    if command == "playbooks":
+        return playbooks.call(args, api)
     if command == "tasks" and sub == "list":
         return api.call("GET", "/tasks")
     if command == "tasks" and sub in ("approve", "deny"):

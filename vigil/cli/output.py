@@ -173,6 +173,55 @@ def _tokens(result: list[dict[str, Any]]) -> str:
     )
 
 
+def _conditions(conditions: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in conditions.items()
+        if v not in (None, [])
+    )
+
+
+def _playbooks(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["NAME", "ENABLED", "MODE", "CONDITIONS", "ACTIONS", "MAX/HOST/H"],
+        [
+            [
+                p["name"],
+                p["enabled"],
+                p["mode"],
+                _conditions(p["conditions"]),
+                ",".join(a["action"] for a in p["actions"]),
+                p["max_runs_per_host_per_hour"],
+            ]
+            for p in result
+        ],
+    )
+
+
+def _playbook(result: dict[str, Any]) -> str:
+    state = "enabled" if result["enabled"] else "disabled"
+    header = f"playbook {result['name']} ({result['mode']}, {state}), updated {result['updated']}"
+    return header + "\n" + str(result["source"]).rstrip()
+
+
+def _playbook_runs(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["TIME", "PLAYBOOK", "MODE", "STATUS", "HOST", "ALERT", "WHAT"],
+        [
+            [
+                r["at"],
+                r["playbook"],
+                r["mode"],
+                r["status"],
+                r["host_name"],
+                r["alert_id"],
+                r["message"],
+            ]
+            for r in result
+        ],
+    )
+
+
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),
@@ -191,6 +240,14 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
         f"{r['source']}: {', '.join(f'{k} {v}' for k, v in r['counts'].items())}; "
         f"{r['retro_hunt_alerts']} alerts from past telemetry"
     ),
+    ("playbooks", "list"): _playbooks,
+    ("playbooks", "show"): _playbook,
+    ("playbooks", "add"): lambda r: (
+        f"playbook {r['name']} {'added' if r['created_now'] else 'replaced'}"
+        f" ({r['mode']}, {'enabled' if r['enabled'] else 'disabled'})"
+    ),
+    ("playbooks", "remove"): lambda r: f"playbook {r['name']} removed",
+    ("playbooks", "runs"): _playbook_runs,
     ("tasks", "list"): _tasks,
     ("tasks", "show"): _task,
     ("tasks", "approve"): _task,

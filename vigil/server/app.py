@@ -10,6 +10,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -23,11 +24,13 @@ from vigil.server import (
     analyst_api,
     evidence_api,
     intel_api,
+    playbook_api,
     response_api,
 )
 from vigil.server.context import ServerConfig, ServerContext
 from vigil.server.correlate import flush_periodically
 from vigil.server.errors import RequestRefused
+from vigil.server.playbook_runner import run_playbooks
 from vigil.server.tasks import expire_periodically
 from vigil.server.tls import ClientCertH11Protocol
 from vigil.server.visibility import watch_agents
@@ -50,12 +53,16 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(ctx: ServerContext) -> FastAPI:
     """The ASGI app of one server context."""
 
+    def store_flushed_alert(tenant_id: str, alert: dict[str, Any]) -> None:
+        ctx.state.add_alert(tenant_id, alert)
+        run_playbooks(ctx, tenant_id, [alert])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.doorbells.loop = asyncio.get_running_loop()
         background = [
             asyncio.create_task(watch_agents(ctx)),
-            asyncio.create_task(flush_periodically(ctx.correlator, ctx.state.add_alert)),
+            asyncio.create_task(flush_periodically(ctx.correlator, store_flushed_alert)),
             asyncio.create_task(intel_api.refresh_periodically(ctx)),
             asyncio.create_task(expire_periodically(ctx)),
         ]
@@ -71,6 +78,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(evidence_api.router)
     app.include_router(admin_api.router)
     app.include_router(response_api.router)
+    app.include_router(playbook_api.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

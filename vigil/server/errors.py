@@ -47,3 +47,11 @@ class GuardrailRefused(RequestRefused):
 
     def details(self) -> dict[str, Any]:
         return {"guardrail": self.guardrail}
+
+
+class PlaybookError(ServerError):
+    """A playbook cannot be read or is not valid; the message names the field and the problem."""
+
+
+class PlaceholderError(PlaybookError):
+    """A playbook's parameter names an event field the alert's event does not have."""

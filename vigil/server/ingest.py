@@ -1,4 +1,8 @@
-"""Ingest: validate a batch, commit what is new, run detection on it, store the alerts."""
+"""Ingest: validate a batch, commit what is new, run detection on it, store the alerts.
+
+Once the batch's alerts are stored, the tenant's playbooks run on them (see
+``vigil.server.playbook_runner``); a playbook failure is recorded there and never fails ingest.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from vigil.intel import intel_alert
 from vigil.schema.validate import validate_batch
 from vigil.schema.wire import BatchAck, EventBatch
 from vigil.server.context import ServerContext
+from vigil.server.playbook_runner import run_playbooks
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +36,13 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
     ctx.state.touch_agent(agent["id"])
 
     intel = ctx.intel_index
+    alerts: list[dict[str, Any]] = []
     for flat in fresh:
         hits = intel.match(flat)
         if hits:
             alert = intel_alert(hits, flat, agent["hostname"])
             ctx.state.add_alert(agent["tenant_id"], alert)
+            alerts.append(alert)
             log.info(
                 "intel alert %s: %s on %s", alert["id"], alert["rule"]["title"], agent["hostname"]
             )
@@ -46,6 +53,7 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
             fired += [r for r in ctx.rules.match(view) if is_auditd_rule(r.logsource)]
         for alert in ctx.correlator.feed(agent["tenant_id"], flat, fired):
             ctx.state.add_alert(agent["tenant_id"], alert)
+            alerts.append(alert)
             log.info(
                 "correlation alert %s: %s on %s",
                 alert["id"],
@@ -57,6 +65,7 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
                 continue  # it only feeds correlation rules
             alert = build_alert(rule, flat, agent["hostname"])
             ctx.state.add_alert(agent["tenant_id"], alert)
+            alerts.append(alert)
             log.info(
                 "alert %s: %s on %s (%s)",
                 alert["id"],
@@ -64,6 +73,7 @@ def ingest_batch(ctx: ServerContext, agent: dict[str, Any], batch: EventBatch) -
                 agent["hostname"],
                 ",".join(rule.attack_techniques),
             )
+    run_playbooks(ctx, agent["tenant_id"], alerts, agent)
     return BatchAck(
         committed_sequence=committed,
         accepted=len(fresh),

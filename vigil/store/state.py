@@ -1,4 +1,4 @@
-"""Server state in SQLite: tenants, agents, tokens, alerts, tasks, policies and the audit trail.
+"""Server state in SQLite: tenants, agents, tokens, alerts, tasks, policies, playbooks, audit.
 
 Every row carries its tenant. The embedded mode makes one tenant, ``default``; nothing here
 assumes there is only one. All access goes through this class, so a PostgreSQL backend can
@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS response_policy (
 CREATE TABLE IF NOT EXISTS audit_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, tenant_id TEXT NOT NULL, at REAL, actor TEXT,
     action TEXT, target TEXT, params TEXT, outcome TEXT);
+CREATE TABLE IF NOT EXISTS playbooks (
+    tenant_id TEXT NOT NULL, name TEXT NOT NULL, definition TEXT NOT NULL, source TEXT,
+    created REAL, updated REAL, PRIMARY KEY (tenant_id, name));
+CREATE TABLE IF NOT EXISTS playbook_runs (
+    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, at REAL, playbook TEXT, mode TEXT,
+    alert_id TEXT, rule_title TEXT, host_id TEXT, host_name TEXT, status TEXT, actions TEXT,
+    message TEXT, counted INTEGER);
+CREATE INDEX IF NOT EXISTS playbook_runs_by_host
+    ON playbook_runs (tenant_id, playbook, host_id, mode, counted, at);
+CREATE INDEX IF NOT EXISTS playbook_runs_by_time ON playbook_runs (tenant_id, at);
 """
 
 
@@ -438,6 +448,120 @@ class StateStore:
         )
         return [_task(r) for r in rows]
 
+    # Playbooks and what they did.
+
+    def put_playbook(
+        self, tenant_id: str, name: str, definition: dict[str, Any], source: str
+    ) -> bool:
+        """Create or replace a tenant's playbook; True when it is new."""
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE playbooks SET definition = ?, source = ?, updated = ?"
+                " WHERE tenant_id = ? AND name = ?",
+                (json.dumps(definition), source, now, tenant_id, name),
+            )
+            if cursor.rowcount == 1:
+                return False
+            self._db.execute(
+                "INSERT INTO playbooks VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant_id, name, json.dumps(definition), source, now, now),
+            )
+            return True
+
+    def playbooks(self, tenant_id: str) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM playbooks WHERE tenant_id = ? ORDER BY name", (tenant_id,))
+        return [_playbook(r) for r in rows]
+
+    def playbook(self, tenant_id: str, name: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT * FROM playbooks WHERE tenant_id = ? AND name = ?", (tenant_id, name)
+        )
+        return _playbook(row) if row else None
+
+    def delete_playbook(self, tenant_id: str, name: str) -> bool:
+        cursor = self._exec(
+            "DELETE FROM playbooks WHERE tenant_id = ? AND name = ?", (tenant_id, name)
+        )
+        return cursor.rowcount == 1
+
+    def claim_playbook_run(
+        self, run: dict[str, Any], max_runs: int, window: float, limited_message: str
+    ) -> tuple[str, bool]:
+        """Record the start of a playbook run unless its per-host limit is reached.
+
+        Counting and recording happen under one lock, so two batches of one host cannot both
+        take the last run. Runs count against the limit of their own mode only, so the runs of
+        a dry-run trial do not hold back the same playbook once it enforces. Runs refused by
+        the limit are kept but not counted, and the count reads only the index.
+
+        Args:
+            run: ``tenant_id``, ``playbook``, ``mode``, ``alert_id``, ``rule_title``,
+                ``host_id`` and ``host_name`` of the run.
+            max_runs: How many runs of this playbook, mode and host ``window`` may hold.
+            window: Seconds to look back.
+            limited_message: What to record as the outcome when the limit is reached.
+
+        Returns:
+            The run id, and whether the run may go on: when not, it is already recorded as
+            ``rate_limited``; otherwise it is ``running`` until :meth:`finish_playbook_run`.
+        """
+        run_id = str(uuid.uuid4())
+        now = time.time()
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM playbook_runs WHERE tenant_id = ? AND playbook = ?"
+                " AND host_id = ? AND mode = ? AND counted = 1 AND at > ?",
+                (run["tenant_id"], run["playbook"], run["host_id"], run["mode"], now - window),
+            ).fetchone()
+            allowed = count < max_runs
+            self._db.execute(
+                "INSERT INTO playbook_runs (id, tenant_id, at, playbook, mode, alert_id,"
+                " rule_title, host_id, host_name, status, actions, message, counted)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?, ?)",
+                (
+                    run_id,
+                    run["tenant_id"],
+                    now,
+                    run["playbook"],
+                    run["mode"],
+                    run["alert_id"],
+                    run["rule_title"],
+                    run["host_id"],
+                    run["host_name"],
+                    "running" if allowed else "rate_limited",
+                    "" if allowed else limited_message,
+                    int(allowed),
+                ),
+            )
+        return run_id, allowed
+
+    def finish_playbook_run(
+        self, run_id: str, status: str, actions: list[dict[str, Any]], message: str
+    ) -> None:
+        self._exec(
+            "UPDATE playbook_runs SET status = ?, actions = ?, message = ? WHERE id = ?",
+            (status, json.dumps(actions, default=str), message, run_id),
+        )
+
+    def playbook_runs(
+        self, tenant_id: str, playbook: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Newest runs first, of every playbook or of one."""
+        where, args = "tenant_id = ?", [tenant_id]
+        if playbook:
+            where += " AND playbook = ?"
+            args.append(playbook)
+        rows = self._all(
+            f"SELECT * FROM playbook_runs WHERE {where} ORDER BY at DESC LIMIT ?", (*args, limit)
+        )
+        for row in rows:
+            row.pop("tenant_id")
+            row.pop("counted")
+            row["at"] = iso_epoch(row["at"])
+            row["actions"] = json.loads(row["actions"] or "[]")
+        return rows
+
     # Audit trail.
 
     def audit(
@@ -479,6 +603,16 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("details"):
         alert.update(json.loads(row["details"]))
     return alert
+
+
+def _playbook(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "definition": json.loads(row["definition"]),
+        "source": row["source"],
+        "created": iso_epoch(row["created"]),
+        "updated": iso_epoch(row["updated"]),
+    }
 
 
 def _task(row: dict[str, Any]) -> dict[str, Any]:
