@@ -10,7 +10,7 @@ References:
 
 from __future__ import annotations
 
-import json
+import orjson
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +76,6 @@ class EvtxReader(Reader):
             failures = 0
             self.records += 1
             try:
-                yield from_evtx_json(json.loads(record["data"]), shown)
+                yield from_evtx_json(orjson.loads(record["data"]), shown)
             except (KeyError, TypeError, ValueError) as exc:
                 self.warn(path, "evtx_shape", f"record {record.get('event_record_id')}: {exc!r}")
