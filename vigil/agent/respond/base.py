@@ -1,9 +1,9 @@
 """The response action interface and its registry.
 
 An action runs on the endpoint when a signed task names it. It declares the permission an analyst
-needs to ask for it and whether it is destructive; it returns a result dict for the server or
-raises ResponseError. The agent's task loop catches everything at this boundary and reports a
-status with a message, so one failing action never stops the agent.
+needs to ask for it, whether it is destructive and which action undoes it; it returns a result
+dict for the server or raises ResponseError. The agent's task loop catches everything at this
+boundary and reports a status with a message, so one failing action never stops the agent.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class ActionContext:
     processes: Any = None
     link: Any = None
     allow_run_command: bool = False
+    # The agent's exec guard (``vigil.agent.respond.exec_guard.ExecGuard``), which enforces the
+    # block list of ``block_exec``; None where the agent runs none.
+    exec_guard: Any = None
 
 
 class Action(abc.ABC):
@@ -34,6 +37,8 @@ class Action(abc.ABC):
     name: ClassVar[str]
     permission: ClassVar[str]
     destructive: ClassVar[bool] = False
+    # The name of the action that takes this one back (isolate: release), if there is one.
+    undo: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
