@@ -430,7 +430,6 @@ class ExecGuard:
         if group is None:
             return
         group.stop.set()
-        self._hasher.stop()
         with group.lock:
             if not group.closed:
                 for mark, path in group.marks:
@@ -441,18 +440,17 @@ class ExecGuard:
         if group.thread is not None:
             group.thread.join(JOIN_SECONDS)
         with group.lock:
-            if group.closed:
-                return
-            if group.thread is None or not group.thread.is_alive():
+            if not group.closed and (group.thread is None or not group.thread.is_alive()):
                 os.close(group.fd)
                 group.closed = True
-                return
-            # The thread is stuck: put /dev/null in place of the group, which releases it (every
-            # waiting exec is allowed); the thread closes that number when it ends.
-            log.error("the exec guard thread did not stop; its fanotify group was released")
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            os.dup2(null, group.fd)
-            os.close(null)
+            elif not group.closed:
+                # The thread is stuck: put /dev/null in place of the group, which releases it
+                # (every waiting exec is allowed); the thread closes that number when it ends.
+                log.error("the exec guard thread did not stop; its fanotify group was released")
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                os.dup2(null, group.fd)
+                os.close(null)
+        self._hasher.stop()
 
     def _serve(self, group: _Group) -> None:
         """The answering thread: it may fail, but never with an exec left waiting."""
