@@ -27,6 +27,7 @@ def test_action_declarations(name: str) -> None:
     assert action.name == name
     assert action.permission.startswith("response.")
     assert isinstance(action.destructive, bool)
+    assert action.undo is None or action.undo in ACTIONS, f"{name} is undone by an unknown action"
     assert inspect.getdoc(action), f"action {name} has no docstring"
     assert inspect.getdoc(action.run), f"{name}.run has no docstring"
 

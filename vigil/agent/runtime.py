@@ -29,6 +29,7 @@ from vigil.agent.processes import ProcessTable
 from vigil.agent.respond import isolate
 from vigil.agent.respond.base import REGISTRY as ACTIONS
 from vigil.agent.respond.base import ActionContext
+from vigil.agent.respond.exec_guard import ExecGuard
 from vigil.agent.sensors import REGISTRY as SENSORS
 from vigil.agent.sensors.base import Sensor, SensorContext
 from vigil.agent.spool import Spool
@@ -70,6 +71,17 @@ class Agent:
         self.sensor_health: dict[str, dict[str, Any]] = {}
         self.processes = ProcessTable(ident.agent_id)
         self.watchdog = Watchdog(self.policy.budget, lambda: list(self.sensors), self._shed)
+        self.exec_guard = ExecGuard(
+            SensorContext(
+                agent_id=ident.agent_id,
+                host_id=ident.agent_id,
+                host_name=ident.hostname,
+                emit=self.emit,
+                state_dir=str(ident.state_dir),
+                processes=self.processes,
+            ),
+            self.policy.block_exec,
+        )
         self.rejected_batches = 0
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -89,6 +101,7 @@ class Agent:
             link=self.link,
             allow_run_command=self.policy.allow_run_command,
             recent_events=self.recent_events,
+            exec_guard=self.exec_guard,
         )
 
     def recent_events(self) -> list[dict[str, Any]]:
@@ -101,9 +114,11 @@ class Agent:
         self._queue.put(doc)
 
     def start(self) -> None:
-        """Re-apply isolation if it was on, start the sensors, then the worker threads."""
+        """Re-apply isolation and exec blocks, start the sensors, then the worker threads."""
         if isolate.reapply_if_isolated(self.action_context):
             log.warning("this host was isolated before the agent stopped: isolation re-applied")
+        # Blocked hashes are refused again before the sensors start; a failure is in health.
+        self.exec_guard.start()
         self._start_sensors()
         self.watchdog.start()
         for target in (self._writer, self._sender, self._heartbeat, self._task_loop):
@@ -176,6 +191,8 @@ class Agent:
     def stop(self) -> None:
         """Stop sensors (restoring kernel state), flush and send what is left, lift firewall."""
         self.watchdog.stop()
+        # Marks removed and the group closed; the block list is kept for the next start.
+        self.exec_guard.stop()
         for sensor in self.sensors:
             try:
                 sensor.stop()
@@ -270,6 +287,7 @@ class Agent:
             "sensors": sensors,
             "spool": spool,
             "isolated": self._isolated(),
+            "exec_block": self.exec_guard.health(),
             "watchdog": self.watchdog.report(),
         }
 

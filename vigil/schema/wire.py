@@ -63,6 +63,8 @@ class Heartbeat(BaseModel):
     sensors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     spool: dict[str, int] = Field(default_factory=dict)
     isolated: bool = False
+    # The exec guard of block_exec: state, blocked count, counters, marked scope.
+    exec_block: dict[str, Any] = Field(default_factory=dict)
     watchdog: dict[str, Any] = Field(default_factory=dict)
     # Set on the last heartbeat of an agent that is shutting down on purpose.
     stopping: bool = False

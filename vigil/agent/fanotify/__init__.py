@@ -1,7 +1,8 @@
-"""fanotify for the file sensor: system call bindings, event parsing and path resolution.
+"""fanotify: system call bindings, event parsing and path resolution.
 
-Only notification groups (``FAN_CLASS_NOTIF``) can be created through this package; permission
-events, which block the process that triggers them until answered, are out of reach by design.
+The file sensor uses notification groups (``FAN_CLASS_NOTIF``) from ``api``, which cannot create
+anything else. Permission groups, whose events block the process that triggers them until
+answered, come only from ``permission``, which only the exec guard of ``block_exec`` imports.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Only notification groups are exposed: this module has no way to create a permission group
 (``FAN_CLASS_CONTENT``/``FAN_CLASS_PRE_CONTENT``), whose unanswered events would stall the
-processes touching marked files. Constants are the kernel ABI of ``linux/fanotify.h``.
+processes touching marked files; the exec guard's permission group lives apart, in
+``permission``. Constants are the kernel ABI of ``linux/fanotify.h``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The response action interface and its registry.
 
 An action runs on the endpoint when a signed task names it. It declares the permission an analyst
-needs to ask for it and whether it is destructive; it returns a result dict for the server or
-raises ResponseError. The agent's task loop catches everything at this boundary and reports a
-status with a message, so one failing action never stops the agent.
+needs to ask for it, whether it is destructive and which action undoes it; it returns a result
+dict for the server or raises ResponseError. The agent's task loop catches everything at this
+boundary and reports a status with a message, so one failing action never stops the agent.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class ActionContext:
     allow_run_command: bool = False
     # The newest events the agent wrote to its spool, oldest first (sent or not).
     recent_events: Callable[[], list[dict[str, Any]]] | None = None
+    # The agent's exec guard (``vigil.agent.respond.exec_guard.ExecGuard``), which enforces the
+    # block list of ``block_exec``; None where the agent runs none.
+    exec_guard: Any = None
 
 
 class Action(abc.ABC):
@@ -43,6 +46,8 @@ class Action(abc.ABC):
     # The agent tells the server it started (task state ``running``) before it runs an action
     # that can take long, so an analyst can tell a slow action from a lost one.
     long_running: ClassVar[bool] = False
+    # The name of the action that takes this one back (isolate: release), if there is one.
+    undo: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
