@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
 from vigil.schema.errors import SchemaError
@@ -95,6 +95,7 @@ def heartbeat(
 
 @router.get("/tasks", response_model=list[SignedTask])
 async def tasks(
+    request: Request,
     wait: float = 0.0,
     agent: dict[str, Any] = Depends(auth.agent),
     ctx: ServerContext = Depends(auth.server),
@@ -102,7 +103,14 @@ async def tasks(
     """Queued tasks, signed; waits up to ``wait`` seconds for one to arrive (long poll)."""
     pending = ctx.state.pending_tasks(agent["id"])
     if not pending and wait > 0:
+        # Read the (empty) request first: then the next message the connection gives is its
+        # close, which is_disconnected sees.
+        await request.body()
         await ctx.doorbells.wait(agent["id"], min(wait, MAX_POLL_SECONDS))
+        if await request.is_disconnected():
+            # The agent went away while it waited (stopped, restarted): what was queued
+            # meanwhile stays queued for its next poll instead of going to a closed socket.
+            return []
         pending = ctx.state.pending_tasks(agent["id"])
     for task in pending:
         ctx.state.set_task_status(task["id"], "delivered")
