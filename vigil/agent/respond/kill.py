@@ -46,7 +46,8 @@ def read_start_ticks(pid: int) -> int:
     return int(fields[19])
 
 
-def _parse_params(params: dict[str, Any]) -> tuple[str, int, bool]:
+def parse_target(params: dict[str, Any]) -> tuple[str, int, bool]:
+    """The target of a process action: (entity id, pid, whole tree); ResponseError if malformed."""
     wanted = params.get("entity_id")
     pid = params.get("pid")
     tree = params.get("tree", False)
@@ -59,7 +60,8 @@ def _parse_params(params: dict[str, Any]) -> tuple[str, int, bool]:
     return wanted, pid, tree
 
 
-def _refuse_protected(pid: int, what: str) -> None:
+def refuse_protected(pid: int, what: str) -> None:
+    """Raise ResponseError for pids no action may touch: init, the kernel's, the agent itself."""
     if pid <= 1:
         raise ResponseError(f"kill: refusing to kill pid {pid}{what}; nothing was killed")
     if pid == os.getpid():
@@ -91,7 +93,7 @@ def _freeze_tree(root: psutil.Process) -> list[psutil.Process]:
             if child.pid in seen:
                 continue
             try:
-                _refuse_protected(child.pid, f" in the tree of pid {root.pid}")
+                refuse_protected(child.pid, f" in the tree of pid {root.pid}")
                 child.suspend()
             except psutil.NoSuchProcess:
                 continue
@@ -147,8 +149,8 @@ class KillAction(Action):
 
     def run(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check the target's identity, then kill it (and its descendants if asked)."""
-        wanted, pid, tree = _parse_params(params)
-        _refuse_protected(pid, "")
+        wanted, pid, tree = parse_target(params)
+        refuse_protected(pid, "")
         root = self._verified(wanted, pid)
 
         try:

@@ -18,7 +18,7 @@ import psutil
 
 from vigil.agent.respond.base import Action, ActionContext
 from vigil.agent.respond.errors import ResponseError
-from vigil.agent.respond.kill import KillAction, _parse_params, _refuse_protected
+from vigil.agent.respond.kill import KillAction, parse_target, refuse_protected
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def signal_checked(
     if "tree" in params:
         raise ResponseError(f"{verb}: 'tree' is not supported; name one process")
     try:
-        wanted, pid, _ = _parse_params(params)
-        _refuse_protected(pid, "")
+        wanted, pid, _ = parse_target(params)
+        refuse_protected(pid, "")
         process = KillAction(context)._verified(wanted, pid)
     except ResponseError as exc:
         raise _reworded(exc, verb) from exc
