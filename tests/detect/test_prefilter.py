@@ -318,3 +318,17 @@ def test_joined_keyword_search_equals_search_per_string(keywords: list[str], cas
     joined = compile_keywords(values, cased=cased)
     for texts in TEXT_LISTS:
         assert joined(texts) is any(each(text) for text in texts), texts
+
+
+def test_events_with_unhashable_log_source_fields_are_matched_too() -> None:
+    # Log sources are remembered by the fields that decide them; a reader may leave a mapping
+    # there, which cannot be a key: such events are worked out each time, never refused.
+    ruleset = ruleset_of(sel(Image__endswith="/curl"))
+    odd = {
+        "event.category": ["process"],
+        "event.type": ["start"],
+        "vigil.sigma.category": [{"not": "hashable"}],
+        "process.executable": "/usr/bin/curl",
+    }
+    assert [r.title for r in ruleset.match(odd)] == ["rule 0"]
+    assert ruleset.match(odd) == ruleset.match_all_rules(odd)

@@ -36,6 +36,10 @@ _END = ""
 # log-source group, small: Python parses a pattern character by character.
 LITERAL_CAP = 12
 
+# Substring sets up to this size are searched literal by literal (FewLiterals): on the keyword
+# text of real Windows events (~760 characters), 20 literals took 60% of the trie's time.
+FEW_LITERALS = 64
+
 # Values remembered by a ValueMemo, and the longest text worth remembering: at most about
 # capacity x (longest + 150) bytes (~6 MB).
 MEMO_CAPACITY = 16384
@@ -117,6 +121,23 @@ class LiteralSet:
             found = search(text, found.start() + 1)
 
 
+class FewLiterals:
+    """A few substrings, each looked for with ``in``.
+
+    Python's substring search (in C) once per literal beats one pass of a trie pattern, whose
+    engine tries the alternation at every position of the text, for up to a few dozen literals.
+    """
+
+    def __init__(self, literals: Mapping[str, Iterable[int]]) -> None:
+        self._literals = [(literal, tuple(sorted(ids))) for literal, ids in literals.items()]
+
+    def anywhere(self, text: str, hits: set[int]) -> None:
+        """Add the clauses of the literals found anywhere in the text."""
+        for literal, clauses in self._literals:
+            if literal in text:
+                hits.update(clauses)
+
+
 class _ValueIndex:
     """The atoms on one event value: one field, or all strings for keywords (field None)."""
 
@@ -144,8 +165,11 @@ class _ValueIndex:
             steps.append(LiteralSet(self.atoms["prefix"]).anchored)
         if self.atoms["suffix"]:
             steps.append(LiteralSet(self.atoms["suffix"], reverse=True).anchored)
-        if self.atoms["contains"]:
-            steps.append(LiteralSet(self.atoms["contains"]).anywhere)
+        contains = self.atoms["contains"]
+        if len(contains) > FEW_LITERALS:
+            steps.append(LiteralSet(contains).anywhere)
+        elif contains:
+            steps.append(FewLiterals(contains).anywhere)
 
         def scan(text: str, hits: set[int]) -> None:
             # ``text`` is lower case, as the evaluator compares it.

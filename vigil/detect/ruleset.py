@@ -30,7 +30,7 @@ from vigil.detect.correlation import (
 )
 from vigil.detect.errors import DetectError
 from vigil.detect.fieldmap import FieldMap, default_fieldmap
-from vigil.detect.logsource import LogSource, event_logsources
+from vigil.detect.logsource import LogSource, event_logsources, logsource_key
 from vigil.detect.placeholders import Placeholders, resolve_placeholders
 from vigil.detect.prefilter import Prefilter, PrefilterChain, ValueMemo
 from vigil.detect.rules import Rule, RuleLoadError, compile_rule, rule_id
@@ -290,7 +290,7 @@ class RuleSet:
             for key, group in self._index.items()
         }
         self._plans: dict[tuple[LogSource, ...], _Plan] = {}
-        self._plan_memo: dict[tuple[LogSource, ...], _Plan] = {}
+        self._plan_memo: dict[tuple[Any, ...], _Plan] = {}
 
     @classmethod
     def from_paths(
@@ -400,10 +400,15 @@ class RuleSet:
         return [rule for rule in self._plan(event).rules if rule.matches_detection(event)]
 
     def _plan(self, event: Mapping[str, Any]) -> _Plan:
-        sources = tuple(event_logsources(event))
-        plan = self._plan_memo.get(sources)
+        key = logsource_key(event)
+        try:
+            plan = self._plan_memo.get(key)
+            remember = True
+        except TypeError:  # a field holds a mapping: work the sources out every time
+            plan, remember = None, False
         if plan is not None:
             return plan
+        sources = event_logsources(event)
 
         # Events whose log sources select the same rule groups share one plan.
         groups = tuple(
@@ -420,9 +425,10 @@ class RuleSet:
                 PrefilterChain([self._prefilters[key] for key in groups]),
             )
             self._plans[groups] = plan
-        if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
-            self._plan_memo.clear()
-        self._plan_memo[sources] = plan
+        if remember:
+            if len(self._plan_memo) >= _PLAN_MEMO_SIZE:
+                self._plan_memo.clear()
+            self._plan_memo[key] = plan
         return plan
 
     def __len__(self) -> int:
