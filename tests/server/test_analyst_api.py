@@ -103,3 +103,14 @@ def test_cli_params_are_json_when_they_parse() -> None:
     }
     with pytest.raises(CliError, match="KEY=VALUE"):
         parse_params(["oops"])
+
+
+def test_the_action_catalog_says_what_each_needs_and_what_undoes_it(
+    running_server: RunningServer,
+) -> None:
+    catalog = {a["name"]: a for a in running_server.api.call("GET", "/actions")}
+    assert catalog["quarantine"]["undo"] == "restore" and catalog["quarantine"]["destructive"]
+    assert catalog["block_exec"]["permission"] == "response.block_exec"
+    assert catalog["suspend"]["undo"] == "resume"
+    assert not catalog["live_processes"]["destructive"] and catalog["live_processes"]["summary"]
+    assert catalog["collect"]["long_running"]

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "respond", parents=[common], help="run any response action on a host (see docs/response.md)"
     )
     respond.add_argument(
-        "action", help="isolate, release, kill, quarantine, collect, collect_triage, yara..."
+        "action", help="isolate, release, kill, quarantine, collect, ... (see 'vigil actions')"
     )
     respond.add_argument("host_id")
     respond.add_argument(
@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     respond.add_argument("--reason", default="", help="why; required for destructive actions")
     _wait_option(respond)
+
+    sub.add_parser(
+        "actions", parents=[common], help="the response actions, their permission and undo"
+    )
 
     evidence = sub.add_parser("evidence", parents=[common], help="collected files")
     evidence_sub = evidence.add_subparsers(dest="sub", required=True)
@@ -398,6 +402,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         meta = api.call("GET", f"/evidence/{args.evidence_id}")
         size = api.download(f"/evidence/{args.evidence_id}/content", args.output)
         return {**meta, "saved_to": str(args.output), "saved_bytes": size}
+    if command == "actions":
+        return api.call("GET", "/actions")
     if command == "respond":
         body = {
             "action": args.action,

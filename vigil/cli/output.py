@@ -222,7 +222,18 @@ def _playbook_runs(result: list[dict[str, Any]]) -> str:
     )
 
 
+def _actions(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["ACTION", "PERMISSION", "DESTRUCTIVE", "UNDO", "WHAT"],
+        [
+            [a["name"], a["permission"], a["destructive"], a["undo"] or "-", a["summary"]]
+            for a in result
+        ],
+    )
+
+
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
+    ("actions", None): _actions,
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),
     ("hosts", "list"): _hosts,

@@ -167,6 +167,22 @@ class RespondRequest(BaseModel):
     dry_run: bool = Field(default=False, description="audit and return the verdict, queue nothing")
 
 
+@router.get("/actions")
+def actions(analyst: Analyst = Depends(auth.analyst)) -> list[dict[str, Any]]:
+    """The response actions agents have: permission, destructive, what undoes them."""
+    return [
+        {
+            "name": name,
+            "summary": (action.__doc__ or "").strip().splitlines()[0] if action.__doc__ else "",
+            "permission": action.permission,
+            "destructive": action.destructive,
+            "undo": action.undo,
+            "long_running": action.long_running,
+        }
+        for name, action in sorted(ACTIONS.items())
+    ]
+
+
 @router.post("/hosts/{host_id}/respond")
 def respond(
     host_id: str,

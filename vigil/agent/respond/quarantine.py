@@ -157,6 +157,7 @@ class QuarantineAction(Action):
     """
 
     name = "quarantine"
+    undo = "restore"
     permission = "response.quarantine"
     destructive = True
 

@@ -80,6 +80,7 @@ class SuspendAction(Action):
     """
 
     name = "suspend"
+    undo = "resume"
     permission = "response.kill"
     destructive = True
 
