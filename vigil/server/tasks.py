@@ -84,7 +84,10 @@ def record_result(
         return None
     ctx.state.set_task_status(task_id, status, result, message)
     if status == "done" and task["action"] in ("isolate", "release"):
-        ctx.state.set_isolated(agent["id"], task["action"] == "isolate")
+        # The agent says whether the host is isolated now (a dry run leaves it as it was).
+        ctx.state.set_isolated(
+            agent["id"], bool(result.get("isolated", task["action"] == "isolate"))
+        )
     ctx.state.audit(
         agent["tenant_id"],
         f"agent:{agent['id']}",
