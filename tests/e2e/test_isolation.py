@@ -233,6 +233,12 @@ def test_dry_run_from_the_cli_shows_the_connections_it_would_cut(
     assert "vigil_isolation" not in deployment.endpoint_tables()
     assert lab.endpoint.connects(lab.third.ipv4, THIRD_PORT)
     assert deployment.cli("hosts", "list")[0]["isolated"] is False
+    shown = lab.server.run(
+        vigil_cmd("--data-dir", str(deployment.data_dir), "tasks", "show", task["id"])
+    ).stdout
+    assert "dry run:  nothing applied" in shown
+    assert f"-> {lab.third.ipv4}:{THIRD_PORT} ESTABLISHED  python" in shown
+    assert f"(pid {holder.pid})" in shown
 
 
 def test_allow_list_survives_the_agent_restart_and_isolation_returns(
