@@ -392,6 +392,23 @@ def test_reapply_after_the_table_is_lost_keeps_allow_list_and_lease(
 
 @netlab
 @pytest.mark.root
+def test_isolating_a_host_whose_rules_were_lost_keeps_the_saved_allow_list_and_lease(
+    lab: Lab, tmp_path: Path
+) -> None:
+    call(lab, tmp_path, "isolate", {"allow": [lab.third.ipv6], "lease_seconds": 600})
+    lab.endpoint.run(["nft", "delete", "table", "inet", TABLE_NAME])
+
+    result = call(lab, tmp_path, "isolate")
+
+    assert result["already_isolated"] is False
+    assert result["allow"] == [f"{lab.third.ipv6}/128"]
+    assert result["lease_seconds"] == 600
+    assert reach(lab) == {**ISOLATED, "third6": True}
+    call(lab, tmp_path, "release")
+
+
+@netlab
+@pytest.mark.root
 def test_lease_releases_only_after_the_server_was_silent_that_long(
     lab: Lab, tmp_path: Path
 ) -> None:

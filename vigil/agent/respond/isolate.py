@@ -516,14 +516,14 @@ class IsolateAction(Action):
         """What the rules will allow, and what that means for the live connections."""
         saved = load_state(self.context)
         previous = saved if saved is not None and isolation_active() else None
-        # On an isolated host, a parameter left out keeps what is in force.
+        # A parameter left out keeps what was saved (in force, or due at the next start).
         if request.allow is not None:
             allow = request.allow
         else:
-            allow = parse_allow(previous.allow) if previous else []
+            allow = parse_allow(saved.allow) if saved else []
         lease = request.lease_seconds
-        if not request.lease_given and previous is not None:
-            lease = previous.lease_seconds
+        if not request.lease_given and saved is not None:
+            lease = saved.lease_seconds
         server = self._server(previous)
         local = reach.local_addresses()
         cut, kept, loopback = _sort(reach.connections(), server, allow, local)
@@ -635,20 +635,12 @@ class IsolateAction(Action):
                 address = str(normalize_address(conn["remote_ip"]))
                 return address, conn["remote_port"], f"a connection being cut, of {owner}"
         gateway = reach.default_gateway()
-        if gateway is not None and gateway not in server:
-            if (
-                verdict(
-                    gateway,
-                    DEFAULT_PROBE_PORT,
-                    None,
-                    server=server,
-                    allow=allow,
-                    local_addresses=local,
-                )
-                is None
-            ):
-                return gateway, DEFAULT_PROBE_PORT, "the default gateway"
-        return None
+        if gateway is None:
+            return None
+        why = verdict(
+            gateway, DEFAULT_PROBE_PORT, None, server=server, allow=allow, local_addresses=local
+        )
+        return None if why is not None else (gateway, DEFAULT_PROBE_PORT, "the default gateway")
 
     def _prove_blocked(self, target: tuple[str, int, str] | None) -> dict[str, Any] | None:
         if target is None:
