@@ -13,6 +13,11 @@ Example::
         assert lab.endpoint.connects(lab.server.ipv4, 8000)
         lab.endpoint.python("import socket; print(socket.gethostname())")
 
+A host can serve DNS to the others (``serve_dns``) and be made another host's nameserver
+(``use_nameserver``): ``ip netns exec`` bind-mounts ``/etc/netns/NS/resolv.conf`` over
+``/etc/resolv.conf`` in the processes it starts, so the runner's own resolver is never changed.
+The lab removes the ``/etc/netns/NS`` folders it made.
+
 Needs root and iproute2 (``ip``); call ``skip_reason()`` to skip a test when they are missing.
 """
 
@@ -36,10 +41,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOSTS = ("endpoint", "server", "third")
 # Absolute, so that a command run with its own PATH still finds iproute2.
 IP = shutil.which("ip") or "ip"
+# Per-namespace files that 'ip netns exec' bind-mounts over /etc (see ip-netns(8)).
+NETNS_ETC = Path("/etc/netns")
 
 _LISTENER = """
 import selectors, socket, sys
-name, port, addresses = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+name, port, hold, addresses = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "hold", sys.argv[4:]
+held = []
 sel = selectors.DefaultSelector()
 for address in addresses:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -53,7 +61,48 @@ while True:
     for key, _ in sel.select():
         conn, _ = key.fileobj.accept()
         conn.sendall(name.encode() + b"\\n")
-        conn.close()
+        if hold:
+            held.append(conn)
+        else:
+            conn.close()
+"""
+
+_HOLD = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print("connected", flush=True)
+time.sleep(3600)
+"""
+
+# A DNS server answering A and AAAA questions from NAME=ADDRESS arguments (NXDOMAIN otherwise).
+_DNS = """
+import socket, sys
+import dns.message, dns.rcode, dns.rdatatype, dns.rrset
+address, records = sys.argv[1], sys.argv[2:]
+table = {}
+for item in records:
+    name, ip = item.split("=", 1)
+    table.setdefault(name.lower().rstrip(".") + ".", []).append(ip)
+sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((address, 53))
+print("ready", flush=True)
+while True:
+    data, peer = sock.recvfrom(4096)
+    try:
+        query = dns.message.from_wire(data)
+    except Exception:
+        continue
+    response = dns.message.make_response(query)
+    for question in query.question:
+        name = question.name.to_text().lower()
+        if name not in table:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            continue
+        kind = {dns.rdatatype.A: "A", dns.rdatatype.AAAA: "AAAA"}.get(question.rdtype)
+        ips = [ip for ip in table[name] if kind and (":" in ip) == (kind == "AAAA")]
+        if ips:
+            response.answer.append(dns.rrset.from_text_list(question.name, 5, "IN", kind, ips))
+    sock.sendto(response.to_wire(), peer)
 """
 
 _CONNECT = """
@@ -158,29 +207,66 @@ class Host:
         """Run Python ``code`` inside this host with the repository on ``sys.path``."""
         return self.run([sys.executable, "-c", code, *args], check=check, timeout=timeout)
 
-    def serve_tcp(self, port: int, addresses: Iterable[str] | None = None) -> subprocess.Popen[str]:
+    def serve_tcp(
+        self, port: int, addresses: Iterable[str] | None = None, *, hold: bool = False
+    ) -> subprocess.Popen[str]:
         """Start a TCP listener on ``port`` that greets each client with the host's name.
 
         Args:
             port: The TCP port.
             addresses: Where to listen; by default the host's IPv4 and IPv6 addresses.
+            hold: Keep each connection open after the greeting instead of closing it.
 
         Returns:
             The listener process, already accepting connections.
         """
         bind = list(addresses) if addresses is not None else [self.ipv4, self.ipv6]
-        process = self.popen(
-            [sys.executable, "-c", _LISTENER, self.name, str(port), *bind],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        mode = "hold" if hold else "close"
+        return self._start_ready(
+            [sys.executable, "-c", _LISTENER, self.name, str(port), mode, *bind],
+            "ready",
+            f"TCP listener on {self.name} port {port}",
         )
+
+    def hold_connection(self, address: str, port: int) -> subprocess.Popen[str]:
+        """Open a TCP connection from this host to ``address``:``port`` and keep it open.
+
+        Returns:
+            The client process (its pid owns the socket), already connected; the lab stops it.
+        """
+        return self._start_ready(
+            [sys.executable, "-c", _HOLD, address, str(port)],
+            "connected",
+            f"connection from {self.name} to [{address}]:{port}",
+        )
+
+    def serve_dns(self, records: Mapping[str, Sequence[str]]) -> subprocess.Popen[str]:
+        """Start a DNS server on this host's IPv4 address, port 53 (UDP).
+
+        Args:
+            records: Addresses by name; A and AAAA questions get the IPv4 or IPv6 ones.
+        """
+        pairs = [f"{name}={ip}" for name, ips in records.items() for ip in ips]
+        return self._start_ready(
+            [sys.executable, "-c", _DNS, self.ipv4, *pairs], "ready", f"DNS server on {self.name}"
+        )
+
+    def use_nameserver(self, address: str) -> None:
+        """Resolve names through ``address`` in the processes started on this host from now on."""
+        self.lab.write_file(
+            NETNS_ETC / self.ns / "resolv.conf",
+            f"nameserver {address}\noptions timeout:1 attempts:1\n",
+        )
+
+    def _start_ready(self, cmd: Sequence[str], ready: str, what: str) -> subprocess.Popen[str]:
+        process = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], 15.0)
-        line = process.stdout.readline() if ready else ""
-        if line.strip() != "ready":
+        found, _, _ = select.select([process.stdout], [], [], 15.0)
+        line = process.stdout.readline() if found else ""
+        if line.strip() != ready:
             process.kill()
             _, err = process.communicate(timeout=5)
-            raise RuntimeError(f"TCP listener on {self.name} port {port} did not start: {err}")
+            raise RuntimeError(f"{what} did not start: {err}")
         return process
 
     def connects(self, address: str, port: int, timeout: float = 1.0) -> bool:
@@ -230,6 +316,7 @@ class Lab:
         }
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen[str]] = []
+        self._made: list[Path] = []
 
     def __getattr__(self, name: str) -> Host:
         hosts = self.__dict__.get("hosts", {})
@@ -254,6 +341,17 @@ class Lab:
     def track(self, process: subprocess.Popen[str]) -> None:
         """Have the lab stop ``process`` on teardown."""
         self._processes.append(process)
+
+    def write_file(self, path: Path, text: str) -> None:
+        """Write a new file ``path`` (making missing folders); the lab removes what it made."""
+        for folder in reversed(path.parents):
+            if not folder.exists():
+                folder.mkdir()
+                self._made.append(folder)
+        if path.exists():
+            raise RuntimeError(f"{path} exists already; the lab writes only files it makes")
+        path.write_text(text, encoding="utf-8")
+        self._made.append(path)
 
     def _add_namespace(self, ns: str) -> None:
         _ip("netns", "add", ns)
@@ -326,3 +424,10 @@ class Lab:
             except RuntimeError as exc:
                 log.warning("%s", exc)
         self._namespaces.clear()
+        # Newest first; a folder another lab still uses is not empty and stays.
+        for made in reversed(self._made):
+            try:
+                made.rmdir() if made.is_dir() else made.unlink()
+            except OSError as exc:
+                log.debug("%s stays: %s", made, exc)
+        self._made.clear()

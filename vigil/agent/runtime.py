@@ -5,7 +5,8 @@ Threads, each with one job:
 - sender: sends the oldest spooled batch until the server acknowledges it, backing off while
   the server or the network is down;
 - heartbeat: reports per-sensor health, spool state and isolation every few seconds;
-- tasks: long-polls the server for signed tasks and runs them.
+- tasks: long-polls the server for signed tasks and runs them;
+- isolation_lease: releases an isolation whose lease ran out while the server was silent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ WRITE_GATHER_SECONDS = 0.02
 # Events kept in memory after they are spooled, for a triage bundle (the spool forgets what the
 # server acknowledged).
 RECENT_EVENTS = 2000
+LEASE_CHECK_SECONDS = 2.0
 
 
 class Agent:
@@ -115,13 +118,26 @@ class Agent:
 
     def start(self) -> None:
         """Re-apply isolation and exec blocks, start the sensors, then the worker threads."""
-        if isolate.reapply_if_isolated(self.action_context):
-            log.warning("this host was isolated before the agent stopped: isolation re-applied")
+        state = isolate.reapply_if_isolated(self.action_context)
+        if state is not None:
+            log.warning(
+                "this host was isolated before the agent stopped: isolation re-applied "
+                "(allow %s, lease %s s)",
+                state.allow,
+                state.lease_seconds,
+            )
         # Blocked hashes are refused again before the sensors start; a failure is in health.
         self.exec_guard.start()
         self._start_sensors()
         self.watchdog.start()
-        for target in (self._writer, self._sender, self._heartbeat, self._task_loop):
+        workers = (
+            self._writer,
+            self._sender,
+            self._heartbeat,
+            self._task_loop,
+            self._isolation_lease,
+        )
+        for target in workers:
             thread = threading.Thread(
                 target=target, name=f"vigil-{target.__name__[1:]}", daemon=True
             )
@@ -315,6 +331,30 @@ class Agent:
             except httpx.HTTPError as exc:
                 log.debug("heartbeat not delivered: %s", exc)
             self._stop.wait(HEARTBEAT_SECONDS)
+
+    def _isolation_lease(self) -> None:
+        """Release an isolation whose lease ran out while the server could not be reached."""
+        while not self._stop.wait(LEASE_CHECK_SECONDS):
+            self.check_isolation_lease()
+
+    def check_isolation_lease(self) -> bool:
+        """Release the host if its isolation lease ran out; True if it did.
+
+        The release is spooled as a telemetry event, so the server learns why as soon as the
+        agent reaches it again.
+        """
+        silent = time.monotonic() - self.link.last_contact
+        try:
+            state = isolate.release_if_lease_expired(self.action_context, silent)
+        except Exception as exc:  # a failed check must not stop the agent; try again next tick
+            log.warning("could not check the isolation lease: %s", exc)
+            return False
+        if state is None:
+            return False
+        self.emit(
+            isolate.lease_event(self.identity.agent_id, self.identity.hostname, state, silent)
+        )
+        return True
 
     def _task_loop(self) -> None:
         while not self._stop.is_set():

@@ -17,6 +17,7 @@ from typing import Any
 
 from vigil.agent.errors import TaskRejected
 from vigil.agent.respond.base import REGISTRY, ActionContext
+from vigil.agent.respond.errors import ResponseError
 from vigil.schema import signing
 from vigil.schema.errors import SchemaError
 from vigil.schema.wire import TaskBody
@@ -71,6 +72,9 @@ def run_action(body: TaskBody, context: ActionContext) -> tuple[str, dict[str, A
             # The custody record names the task; the agent, not the analyst, says which.
             params["task_id"] = body.task_id
         result = action_cls(context).run(params)
+    except ResponseError as exc:
+        log.warning("task %s (%s) failed: %s", body.task_id, body.action, exc)
+        return "failed", exc.result, str(exc)
     except Exception as exc:  # the boundary: report to the server, keep the agent alive
         log.warning("task %s (%s) failed: %s", body.task_id, body.action, exc)
         log.debug("task %s traceback", body.task_id, exc_info=True)

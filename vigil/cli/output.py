@@ -126,6 +126,8 @@ def _task(result: dict[str, Any]) -> str:
     if result.get("decided_by"):
         lines.append(f"  decided:  by {result['decided_by']}: {result['decision_reason'] or '-'}")
     lines.append(f"  params:   {json.dumps(result['params'])}")
+    if result["action"] == "isolate" and result.get("result"):
+        lines += _isolation(result["result"])
     if result.get("result"):
         lines.append(f"  result:   {json.dumps(result['result'])}")
     return "\n".join(lines)
@@ -230,6 +232,56 @@ def _actions(result: list[dict[str, Any]]) -> str:
             for a in result
         ],
     )
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _connection(c: dict[str, Any]) -> str:
+    owner = f"{c['process'] or '?'} (pid {c['pid']})" if c["pid"] else "owner unknown"
+    kept = f"  [{c['kept_by']}]" if c.get("kept_by") else ""
+    return (
+        f"    {c['transport']} {_host_port(c['local_ip'], c['local_port'])} -> "
+        f"{_host_port(c['remote_ip'], c['remote_port'])} {c['status']}  {owner}{kept}"
+    )
+
+
+def _attempt(probe: dict[str, Any]) -> str:
+    text = f"{probe['address']} port {probe['port']}: {probe['outcome']} ({probe['detail']})"
+    if probe.get("dropped_by_isolation"):
+        text += ", dropped by the isolation table"
+    return text
+
+
+def _isolation(result: dict[str, Any]) -> list[str]:
+    """An isolate result for a person: what a dry run would cut and keep, or the proof."""
+    lines: list[str] = []
+    if result.get("dry_run"):
+        plan = result["would_apply"]
+        lines.append(
+            f"  dry run:  nothing applied; would allow server {', '.join(plan['server'])} "
+            f"port {plan['port']}, allow {', '.join(plan['allow']) or 'nothing else'}"
+        )
+        lines.append(f"  would cut {len(result['cut'])} connections:")
+        lines += [_connection(c) for c in result["cut"]]
+        lines.append(
+            f"  would keep {len(result['kept'])} (and {result['loopback_connections']} on "
+            "loopback):"
+        )
+        lines += [_connection(c) for c in result["kept"]]
+        return lines
+    proof = result.get("proof") or {}
+    if "server" in proof:
+        lines.append(f"  server:   {_attempt(proof['server'])}")
+    if proof.get("blocked"):
+        lines.append(f"  blocked:  {_attempt(proof['blocked'])} [{proof['blocked']['source']}]")
+    elif proof.get("note"):
+        lines.append(f"  blocked:  {proof['note']}")
+    if "connections_cut" in result:
+        lines.append(f"  cut {result['connections_cut_total']} connections:")
+        lines += [_connection(c) for c in result["connections_cut"]]
+    return lines
 
 
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {

@@ -319,7 +319,10 @@ def record_result(
         log.info("task %s is %s; ignored the agent's %s", task_id, task["status"], status)
         return task
     if status == "done" and task["action"] in ("isolate", "release"):
-        ctx.state.set_isolated(agent["id"], task["action"] == "isolate")
+        # The agent says whether the host is isolated now (a dry run leaves it as it was).
+        ctx.state.set_isolated(
+            agent["id"], bool(result.get("isolated", task["action"] == "isolate"))
+        )
     ctx.state.audit(
         agent["tenant_id"],
         f"agent:{agent['id']}",

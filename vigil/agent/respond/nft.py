@@ -114,3 +114,25 @@ def delete_table(family: str, name: str) -> bool:
     # created between the check and here is removed too.
     apply_ruleset(f"table {family} {name}\ndelete table {family} {name}\n")
     return existed
+
+
+def counter_packets(family: str, table: str, name: str) -> int | None:
+    """Return the packets counted by the named counter, or None if it does not exist.
+
+    Raises:
+        ResponseError: nft is missing or printed JSON this module cannot read.
+    """
+    try:
+        output = run_nft(["-j", "list", "counter", family, table, name])
+    except ResponseError as exc:
+        if "No such file or directory" in str(exc):
+            return None
+        raise
+    try:
+        items: list[dict[str, Any]] = json.loads(output).get("nftables", [])
+        for item in items:
+            if isinstance(item.get("counter"), dict):
+                return int(item["counter"]["packets"])
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ResponseError(f"cannot read the JSON of 'nft -j list counter': {exc}") from exc
+    return None
