@@ -10,11 +10,11 @@ References:
 
 from __future__ import annotations
 
-import orjson
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 from evtx import PyEvtxParser
 
 from vigil.logsources.base import Event, Reader, sniff
