@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import started
+from tests.conftest import RunningServer
+from vigil.agent import identity
 from vigil.agent.audit import netlink, rules
 from vigil.agent.audit.reassembly import AuditEvent
 from vigil.agent.processes import ProcessTable, read_start_ticks
@@ -25,6 +28,7 @@ from vigil.agent.sensors.audit_records import (
 )
 from vigil.agent.sensors.base import SensorContext
 from vigil.agent.sensors.process_audit import ProcessAuditSensor
+from vigil.agent.transport import ServerLink
 from vigil.detect import RuleSet
 from vigil.logsources.auditd import AuditdReader
 from vigil.schema.ecs import entity_id, flatten
@@ -208,6 +212,47 @@ def test_sigmahq_auditd_rules_fire_on_live_records(
     assert MKNOD_RULE not in syscalls["mknodat"]
     if platform.machine() == "x86_64":
         assert MKNOD_RULE in syscalls["mknod"]
+
+
+def test_the_server_alerts_on_live_records(
+    records: tuple[Capturing, Events, Path],
+    running_server: RunningServer,
+    wait_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The agent's events through a real server with the SigmaHQ Linux rules: alerts."""
+    sensor, events, folder = records
+    if not any(target.path == "/proc/version" for target in sensor.targets):
+        pytest.skip("/proc/version is not watched here")
+    subprocess.run(["/bin/cat", "/proc/version"], stdout=subprocess.DEVNULL, check=True)
+    actor = _run_actor(folder)
+    actor.communicate("\n", timeout=10)
+    want = {"mknodat", "mknod"} if platform.machine() == "x86_64" else {"mknodat"}
+    assert wait_for(
+        lambda: (
+            want <= {e.get("SYSCALL") for e in _of_pid(events, actor.pid)}
+            and any(e.get("name") == "/proc/version" for e in _flat(events))
+        )
+    ), f"health {sensor.health()}"
+
+    batch = copy.deepcopy(list(events))
+    for number, doc in enumerate(batch, start=1):
+        doc["event"]["sequence"] = number
+    enrolled = identity.enroll(
+        tmp_path / "agent", running_server.url, running_server.enroll_token()
+    )
+    link = ServerLink(enrolled)
+    try:
+        response = link.post("/events", {"spool_epoch": "e", "events": batch})
+    finally:
+        link.close()
+    assert response.status_code == 200, response.text
+    alerts = running_server.api.call("GET", "/alerts")
+    titles = {alert["rule"]["title"] for alert in alerts}
+    assert DISCOVERY_RULE in titles
+    if platform.machine() == "x86_64":
+        mknod = [a for a in alerts if a["rule"]["title"] == MKNOD_RULE]
+        assert mknod and all(a["event"]["SYSCALL"] == "mknod" for a in mknod)
 
 
 def test_records_read_back_offline_give_the_same_events(
