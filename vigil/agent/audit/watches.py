@@ -92,6 +92,8 @@ DEFAULT_WATCHES: tuple[Watch, ...] = (
     # lnx_auditd_systemd_service_creation
     Watch("/etc/systemd/system/"),
     Watch("/usr/lib/systemd/system/"),
+    Watch("/root/.config/systemd/user/"),
+    Watch("/home/*/.config/systemd/user/"),
     # lnx_auditd_system_info_discovery, lnx_auditd_system_info_discovery2: reads
     *(
         Watch(path, "r")
