@@ -49,7 +49,7 @@ def our_audit_rules() -> list[rules.AuditRule]:
     sock = netlink.AuditSocket()
     try:
         return [
-            r for r in map(rules.AuditRule.unpack, sock.list_rules()) if r.key == rules.RULE_KEY
+            r for r in map(rules.AuditRule.unpack, sock.list_rules()) if rules.is_vigil_key(r.key)
         ]
     finally:
         sock.close()

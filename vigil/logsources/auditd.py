@@ -1,19 +1,16 @@
 """Raw Linux audit logs (``/var/log/audit/audit.log``) as events for Sigma's auditd rules.
 
-Sigma's ``product: linux, service: auditd`` rules are written against single audit records:
-``type: EXECVE`` with ``a0``, ``a1``...; ``type: SYSCALL`` with ``exe``, ``comm``, ``key``,
-``SYSCALL``; ``type: PATH`` with ``name``. So each record becomes one event carrying its own
-fields by their audit names, with string values decoded (quoted or hex, as the kernel writes
-them) and EXECVE arguments as whole strings (``a1[0]``, ``a1[1]``... joined into ``a1``).
+Sigma's ``product: linux, service: auditd`` rules are written against single audit records, so
+each record becomes one flat event with its own fields by their audit names. Records are first
+grouped into their audit event by ``msg=audit(<time>:<serial>)`` (with
+:mod:`vigil.agent.audit.reassembly`, the agent's own reassembler); the events are then built by
+:func:`vigil.agent.audit.record_view.record_events`, the same code the live ``audit_records``
+sensor uses, so a rule sees the same event offline and live. See that module for the fields.
 
-Records are first grouped into their audit event by ``msg=audit(<time>:<serial>)`` (with
-:mod:`vigil.agent.audit.reassembly`, the agent's own reassembler), so every record's event also
-carries what the whole event knows: time, ``process.*`` from SYSCALL/EXECVE/CWD, ``user.*``.
-The EXECVE record of a successful exec is also a ``process``/``start`` event, so Sigma's Linux
-``process_creation`` rules see audit-logged execs too.
-
-Enriched logs (``log_format = ENRICHED``) append interpreted fields after a ``0x1d`` byte
-(``SYSCALL=execve AUID="alice"``); those upper-case fields are kept as well.
+Enriched logs (``log_format = ENRICHED``) carry ``SYSCALL=<name>``; for raw logs the name is
+looked up in the agent's table of syscall numbers, which covers the syscalls the agent audits
+(exec, fork, id changes, sockets, mknod, personality, memfd_create, module loading, syslog,
+sysinfo) on x86_64, i386, aarch64 and arm. Other syscalls of a raw log have no ``SYSCALL``.
 
 References:
     Linux ``kernel/audit.c`` and ``kernel/auditsc.c``; auditd ``audit.log`` format;
@@ -26,40 +23,26 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from vigil.agent.audit.reassembly import AuditEvent, Reassembler
+from vigil.agent.audit.record_view import record_events
 from vigil.agent.audit.records import (
-    AUDIT_CWD,
-    AUDIT_EXECVE,
-    AUDIT_PROCTITLE,
-    AUDIT_SYSCALL,
     AuditRecord,
     RecordParseError,
-    execve_args,
     parse_log_line,
     parse_record,
-    proctitle_args,
-    value_text,
 )
+from vigil.agent.audit.rules import all_syscall_names
 from vigil.logsources.base import Event, Reader, first_line
 from vigil.logsources.errors import CorruptFile
-from vigil.schema.ecs import iso_epoch
 
 logger = logging.getLogger(__name__)
 
 _LINE = re.compile(r"^(?:node=\S+ )?type=(?P<name>\w+(?:\[\d+\])?) msg=audit\(\d+\.\d+:\d+\)")
 _NODE = re.compile(r"^node=(\S+) ")
-_ENRICHED = re.compile(r"""([A-Z][A-Z0-9_]*)=("[^"]*"|\S*)""")
-# Fields the kernel writes as untrusted strings: quoted text, or hex when they have spaces,
-# quotes or control characters (audit_log_untrustedstring). Other bare values are numbers.
-_STRING_FIELDS = frozenset(
-    ("name", "exe", "comm", "cwd", "proctitle", "key", "cmd", "data", "path", "dir", "file",
-     "new", "old", "acct", "grantors", "op", "res", "terminal", "hostname", "addr", "exe_path")
-)  # fmt: skip
-_EXECVE_ARG = re.compile(r"a\d+(?:\[\d+\]|_len)?$")
 # Open audit events kept while reading; records of one event are close together in a file.
 _MAX_OPEN = 4096
+_SYSCALL_NAMES = all_syscall_names()
 
 
 class AuditdReader(Reader):
@@ -117,7 +100,7 @@ class AuditdReader(Reader):
         try:
             record = parse_log_line(body)
         except RecordParseError:
-            # A record type the agent's parser has no number for (USER_CMD, ADD_USER...):
+            # A record type the agent's parser has no number for (USER_CMD, CRED_ACQ...):
             # read its fields all the same and remember its name.
             try:
                 record = parse_record(0, body[body.index("msg=") + 4 :])
@@ -135,110 +118,15 @@ class AuditdReader(Reader):
         names: dict[int, str],
         nodes: dict[tuple[int, int, int], str],
     ) -> Iterator[Event]:
-        argv = self._argv(path, audit_event)
-        context = self._context(
-            path, shown, audit_event, argv, nodes.pop(audit_event.event_id, None)
+        node = nodes.pop(audit_event.event_id, None)
+        events = record_events(
+            audit_event,
+            type_name=lambda record: names.pop(id(record), record.type_name),
+            syscall_names=_SYSCALL_NAMES,
+            warn=lambda kind, message: self.warn(path, kind, message),
         )
-        syscall = audit_event.first(AUDIT_SYSCALL)
-        started = syscall is not None and syscall.fields.get("success") == "yes"
-        for record in audit_event.records:
-            event = dict(context)
-            event["type"] = names.pop(id(record), record.type_name)
-            event.update(self._fields(path, record))
-            if record.type == AUDIT_EXECVE and argv is not None:
-                event.update({f"a{index}": arg for index, arg in enumerate(argv)})
-                if started:
-                    event["event.category"] = ["process"]
-                    event["event.type"] = ["start"]
-            if record.type == AUDIT_PROCTITLE and "proctitle" in record.fields:
-                event["proctitle"] = " ".join(proctitle_args(record.fields["proctitle"]))
+        for event in events:
+            event["log.file.path"] = shown
+            if node is not None:
+                event["host.name"] = node
             yield event
-
-    def _context(
-        self,
-        path: Path,
-        shown: str,
-        audit_event: AuditEvent,
-        argv: list[str] | None,
-        node: str | None,
-    ) -> Event:
-        seconds, millis, serial = audit_event.event_id
-        context: Event = {
-            "@timestamp": iso_epoch(audit_event.timestamp),
-            "log.file.path": shown,
-            "host.os.type": "linux",
-            "event.kind": "event",
-            "event.module": "auditd",
-            "auditd.log.sequence": serial,
-        }
-        if node is not None:
-            context["host.name"] = node
-        syscall = audit_event.first(AUDIT_SYSCALL)
-        if syscall is not None:
-            fields = syscall.fields
-            for name, ecs in (("exe", "process.executable"), ("comm", "process.name")):
-                text = _text(fields.get(name))
-                if text is not None:
-                    context[ecs] = text
-            for name, ecs in (
-                ("pid", "process.pid"),
-                ("ppid", "process.parent.pid"),
-                ("uid", "user.id"),
-                ("euid", "user.effective.id"),
-                ("auid", "user.audit.id"),
-            ):
-                if name in fields:
-                    context[ecs] = fields[name]
-        cwd = audit_event.first(AUDIT_CWD)
-        if cwd is not None:
-            text = _text(cwd.fields.get("cwd"))
-            if text is not None:
-                context["process.working_directory"] = text
-        if argv is not None:
-            context["process.args"] = argv
-            context["process.command_line"] = " ".join(argv)
-        return context
-
-    def _argv(self, path: Path, audit_event: AuditEvent) -> list[str] | None:
-        records = audit_event.all(AUDIT_EXECVE)
-        if not records:
-            return None
-        try:
-            return execve_args(records)
-        except RecordParseError as exc:
-            self.warn(path, "execve_args", str(exc))
-            return None
-
-    def _fields(self, path: Path, record: AuditRecord) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
-        execve = record.type == AUDIT_EXECVE
-        for name, value in record.fields.items():
-            if execve and _EXECVE_ARG.match(name):
-                continue  # replaced by the whole arguments
-            if name in _STRING_FIELDS:
-                text = _text(value)
-                fields[name] = "" if text is None else _split_keys(name, text)
-            elif len(value) >= 2 and value[0] == value[-1] == '"':
-                fields[name] = value[1:-1]
-            else:
-                fields[name] = value
-        _, separator, enriched = record.raw.partition("\x1d")
-        if separator:
-            for name, value in _ENRICHED.findall(enriched):
-                fields[name] = value[1:-1] if value.startswith('"') else value
-        return fields
-
-
-def _text(value: str | None) -> str | None:
-    # A bare value that is not hex is written as it is (res=success, op=add_rule).
-    try:
-        return value_text(value)
-    except RecordParseError:
-        return value
-
-
-def _split_keys(name: str, text: str) -> Any:
-    # Several audit rule keys on one record are joined with 0x01.
-    if name == "key" and "\x01" in text:
-        return text.split("\x01")
-    return text

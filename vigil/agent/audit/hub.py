@@ -9,7 +9,10 @@ exactly what was changed. Sensors can be switched on and off independently.
 Two threads serve every subscriber. The receive thread reads and reassembles records and, while
 the process behind a syscall still exists, reads what only ``/proc`` can tell (start ticks, and
 whatever a subscriber's ``on_syscall`` hook wants, such as a socket's local address). The
-dispatch thread hands each complete event to the subscriber that asked for its syscall.
+dispatch thread hands each complete event to its subscriber: an event keyed ``vigil`` to the one
+that asked for its syscall, an event keyed ``vigil_<name>`` to the one that asked for that key,
+and an event without a SYSCALL record (a message from user space, such as ``ADD_USER``) to the
+one that asked for its record type.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ HUB_COUNTERS = ("records", "lost", "backlog", "parse_errors", "overflows", "drop
 
 EventHandler = Callable[[AuditEvent], None]
 SyscallHook = Callable[[AuditEvent, AuditRecord], None]
+RefusedHook = Callable[[rules.AuditRule, netlink.AuditNetlinkError], None]
 
 
 @dataclass
@@ -65,13 +69,20 @@ class Subscription:
 
     Attributes:
         name: The sensor's name, for logs and errors.
-        rules: Audit rules to load while attached (keyed ``vigil``).
-        syscalls: For each ``AUDIT_ARCH_*`` value, the syscall numbers routed to this sensor.
-        handle: Called on the dispatch thread with each complete event of those syscalls.
+        rules: Audit rules to load while attached (keyed ``vigil`` or ``vigil_*``).
+        syscalls: For each ``AUDIT_ARCH_*`` value, the syscall numbers whose events keyed
+            ``vigil`` are routed to this sensor.
+        handle: Called on the dispatch thread with each complete event routed to this sensor.
         on_syscall: Called on the receive thread when the SYSCALL record of one of those
             syscalls arrives, with the event so far; must be quick. Facts it reads go into
             ``event.annotations``.
         tap: Called on the dispatch thread with every event, whatever its syscall.
+        keys: Rule keys (``vigil_*``) whose events are routed to this sensor, whatever their
+            syscall; no other sensor may ask for the same key.
+        record_types: Types of standalone records (events without a SYSCALL record, such as
+            user-space messages) routed to this sensor.
+        on_refused: Called with a rule the kernel refused and the error, instead of failing
+            the attach: for sensors whose rules do not depend on each other (file watches).
     """
 
     name: str
@@ -80,6 +91,9 @@ class Subscription:
     handle: EventHandler
     on_syscall: SyscallHook | None = None
     tap: EventHandler | None = None
+    keys: frozenset[str] = frozenset()
+    record_types: frozenset[int] = frozenset()
+    on_refused: RefusedHook | None = None
 
 
 @dataclass
@@ -185,6 +199,8 @@ class AuditHub:
         self._control_lock = threading.Lock()
         self._subs: dict[str, Subscription] = {}
         self._routes: dict[tuple[int, int], Subscription] = {}
+        self._key_routes: dict[str, Subscription] = {}
+        self._type_routes: dict[int, Subscription] = {}
         self._changes = _Changes()
         self._baseline: Path | None = None
         self._control: netlink.AuditSocket | None = None
@@ -234,6 +250,12 @@ class AuditHub:
         with self._lock:
             if sub.name in self._subs:
                 raise AgentError(f"{sub.name} is attached to kernel audit already; stop it first")
+            taken = {key for other in self._subs.values() for key in other.keys} & sub.keys
+            if taken:
+                raise AgentError(f"{sub.name} asks for audit keys another sensor has: {taken}")
+            bad = [key for key in sub.keys if key == rules.RULE_KEY or not rules.is_vigil_key(key)]
+            if bad:
+                raise AgentError(f"{sub.name} asks for audit keys {bad}; use vigil_<name> keys")
             first = not self._subs
         if first:
             self._baseline = baseline
@@ -258,15 +280,23 @@ class AuditHub:
             for arch, numbers in sub.syscalls.items()
             for number in numbers
         }
+        self._key_routes = {key: sub for sub in self._subs.values() for key in sub.keys}
+        self._type_routes = {kind: sub for sub in self._subs.values() for kind in sub.record_types}
 
     def _add_rules(self, sub: Subscription) -> None:
         added = self._changes.rules.setdefault(sub.name, [])
         try:
             for rule in sub.rules:
                 data = rule.pack()
-                with self._control_lock:
-                    assert self._control is not None
-                    self._control.add_rule(data)
+                try:
+                    with self._control_lock:
+                        assert self._control is not None
+                        self._control.add_rule(data)
+                except netlink.AuditNetlinkError as exc:
+                    if sub.on_refused is None:
+                        raise
+                    sub.on_refused(rule, exc)
+                    continue
                 added.append(data)
         except Exception as exc:
             problems = self._delete_rules(sub.name)
@@ -364,13 +394,12 @@ class AuditHub:
 
     @staticmethod
     def _remove_stale_rules(control: netlink.AuditSocket) -> None:
-        # Rules keyed "vigil" belong to the hub by contract; any loaded now were left by an
-        # agent that died without stopping, and would double every event.
+        # Rules keyed "vigil" or "vigil_*" belong to the hub by contract; any loaded now were
+        # left by an agent that died without stopping, and would double every event.
         for data in control.list_rules():
-            if rules.AuditRule.unpack(data).key == rules.RULE_KEY:
-                log.warning(
-                    "removing an audit rule keyed %r left by an earlier run", rules.RULE_KEY
-                )
+            key = rules.AuditRule.unpack(data).key
+            if rules.is_vigil_key(key):
+                log.warning("removing an audit rule keyed %r left by an earlier run", key)
                 control.delete_rule(data)
 
     def detach(self, name: str) -> list[str]:
@@ -604,12 +633,26 @@ class AuditHub:
                 for sub in taps:
                     assert sub.tap is not None
                     self._call(sub, sub.tap, event, "tap_errors")
-                syscall = event.first(AUDIT_SYSCALL)
-                if syscall is None or value_text(syscall.fields.get("key")) != rules.RULE_KEY:
-                    continue
-                owner = self._route(syscall)
+                owner = self._owner(event)
                 if owner is not None:
                     self._call(owner, owner.handle, event, "handler_errors")
+
+    def _owner(self, event: AuditEvent) -> Subscription | None:
+        """The subscriber of an event: by syscall (key ``vigil``), by key, or by record type."""
+        syscall = event.first(AUDIT_SYSCALL)
+        if syscall is None:
+            kind = event.records[0].type if event.records else None
+            return None if kind is None else self._type_routes.get(kind)
+        try:
+            key = value_text(syscall.fields.get("key"))
+        except RecordParseError:
+            return None
+        if key is None or not rules.is_vigil_key(key):
+            return None
+        first = key.split(rules.KEY_SEPARATOR, 1)[0]
+        if first == rules.RULE_KEY:
+            return self._route(syscall)
+        return self._key_routes.get(first)
 
     def _call(self, sub: Subscription, handler: EventHandler, event: AuditEvent, what: str) -> None:
         try:

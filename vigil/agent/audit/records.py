@@ -20,6 +20,15 @@ import re
 from vigil.agent.errors import AgentError
 
 RECORD_TYPES: dict[str, int] = {
+    # Messages from user space that the kernel relays (shadow-utils, systemd, pam_tty_audit).
+    "ADD_USER": 1114,
+    "DEL_USER": 1115,
+    "ADD_GROUP": 1116,
+    "DEL_GROUP": 1117,
+    "USER_TTY": 1124,
+    "SERVICE_START": 1130,
+    "SERVICE_STOP": 1131,
+    # Kernel records.
     "SYSCALL": 1300,
     "PATH": 1302,
     "SOCKETCALL": 1304,
@@ -27,6 +36,7 @@ RECORD_TYPES: dict[str, int] = {
     "SOCKADDR": 1306,
     "CWD": 1307,
     "EXECVE": 1309,
+    "TTY": 1319,
     "EOE": 1320,
     "CAPSET": 1322,
     "PROCTITLE": 1327,

@@ -4,10 +4,15 @@ Layout and constants from ``include/uapi/linux/audit.h``; syscall numbers from e
 architecture's syscall table (``arch/x86/entry/syscalls``, ``include/uapi/asm-generic``,
 ``arch/arm/tools/syscall.tbl``).
 
-Every rule carries the filter key ``vigil``, so rules left by an agent that died can be found and
-removed. Rules are grouped into sets, one per kind of telemetry (:data:`PROCESS`,
-:data:`LINEAGE`, :data:`PRIVILEGE`, :data:`NETWORK`); the audit hub loads the sets its sensors
-ask for.
+Every rule carries the filter key ``vigil`` or one starting with ``vigil_`` (:func:`is_vigil_key`),
+so rules left by an agent that died can be found and removed. Rules are grouped into sets, one
+per kind of telemetry (:data:`PROCESS`, :data:`LINEAGE`, :data:`PRIVILEGE`, :data:`NETWORK`, file
+watches and single syscalls for raw records); the audit hub loads the sets its sensors ask for.
+
+File watches (:func:`watch_rule`) are built as ``auditctl -w PATH -p PERM`` builds them: the
+``AUDIT_WATCH`` field for a file (the kernel watches its folder and follows the file through
+creation and replacement), ``AUDIT_DIR`` for a directory (the whole tree under it), and
+``AUDIT_PERM`` naming the kinds of access (``include/uapi/linux/audit.h``: ``AUDIT_PERM_*``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,29 @@ AUDIT_ALWAYS = 2
 AUDIT_PID = 0
 AUDIT_ARCH = 11
 AUDIT_SUCCESS = 104
+AUDIT_WATCH = 105
+AUDIT_PERM = 106
+AUDIT_DIR = 107
+AUDIT_EXE = 112
 AUDIT_SADDR_FAM = 113
 AUDIT_ARG0 = 200
 AUDIT_FILTERKEY = 210
+# Fields whose value is a string in the rule's buffer (the rest are numbers).
+STRING_FIELDS = frozenset(
+    (13, 14, 15, 16, 17, 19, 20, 21, 22, 23, AUDIT_WATCH, AUDIT_DIR, AUDIT_EXE, AUDIT_FILTERKEY)
+)
 
 AUDIT_BIT_MASK = 0x08000000
+AUDIT_LESS_THAN_OR_EQUAL = 0x50000000
+AUDIT_GREATER_THAN_OR_EQUAL = 0x60000000
 AUDIT_NOT_EQUAL = 0x30000000
 AUDIT_EQUAL = 0x40000000
+
+AUDIT_PERM_EXEC = 1
+AUDIT_PERM_WRITE = 2
+AUDIT_PERM_READ = 4
+AUDIT_PERM_ATTR = 8
+PERM_LETTERS = {"r": AUDIT_PERM_READ, "w": AUDIT_PERM_WRITE, "a": AUDIT_PERM_ATTR}
 
 AF_INET = 2
 AF_INET6 = 10
@@ -44,6 +65,10 @@ _BUFLEN = struct.Struct("=I")
 RULE_FIXED_SIZE = _HEAD.size + 3 * _FIELDS.size + _BUFLEN.size
 
 RULE_KEY = "vigil"
+# Several keys on one rule are joined with this byte (auditctl's AUDIT_KEY_SEPARATOR).
+KEY_SEPARATOR = "\x01"
+# Every syscall but the syscall-class bits of the last mask word, as auditctl's "-S all".
+ALL_SYSCALLS = frozenset(range(32 * (64 - 1)))
 
 # Syscall groups by name; the hub dispatches an event to the sensor that asked for its group.
 PROCESS = "process"
@@ -56,6 +81,19 @@ UID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid")
 GID_CALLS = ("setgid", "setregid", "setresgid", "setfsgid")
 CONNECT_CALLS = ("connect",)
 INBOUND_CALLS = ("bind", "accept", "accept4", "socketcall")
+# Syscalls a sensor may ask for one by one (audit_records): none of them is used by the other
+# audit sensors, so a rule for one can never take another sensor's events.
+SINGLE_CALLS = (
+    "mknod",
+    "mknodat",
+    "personality",
+    "memfd_create",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "syslog",
+    "sysinfo",
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,58 @@ _ID_CALLS_32 = _table(
     setfsgid=(139, 216),
     capset=185,
 )
+# Calls that act on a path or an open file: what a file watch can record, named so the records
+# of a watch say which call it was (the AUDIT_PERM classes of include/asm-generic/audit_*.h
+# and the open calls).
+_FILE_CALLS_X86_64 = _table(
+    open=2, openat=257, openat2=437, creat=85, truncate=76, ftruncate=77, rename=82,
+    renameat=264, renameat2=316, mkdir=83, mkdirat=258, rmdir=84, link=86, linkat=265,
+    unlink=87, unlinkat=263, symlink=88, symlinkat=266, chmod=90, fchmod=91, fchmodat=268,
+    fchmodat2=452, chown=92, fchown=93, lchown=94, fchownat=260, setxattr=188, lsetxattr=189,
+    fsetxattr=190, getxattr=191, lgetxattr=192, fgetxattr=193, listxattr=194, llistxattr=195,
+    flistxattr=196, removexattr=197, lremovexattr=198, fremovexattr=199, utime=132,
+    utimes=235, utimensat=280, futimesat=261, readlink=89, readlinkat=267, fallocate=285,
+    acct=163, swapon=167, quotactl=179,
+)  # fmt: skip
+_FILE_CALLS_I386 = _table(
+    open=5, openat=295, openat2=437, creat=8, truncate=92, ftruncate=93, truncate64=193,
+    ftruncate64=194, rename=38, renameat=302, renameat2=353, mkdir=39, mkdirat=296, rmdir=40,
+    link=9, linkat=303, unlink=10, unlinkat=301, symlink=83, symlinkat=304, chmod=15,
+    fchmod=94, fchmodat=306, fchmodat2=452, chown=182, fchown=95, lchown=16, fchownat=298,
+    chown32=212, fchown32=207, lchown32=198, setxattr=226, lsetxattr=227, fsetxattr=228,
+    getxattr=229, lgetxattr=230, fgetxattr=231, listxattr=232, llistxattr=233, flistxattr=234,
+    removexattr=235, lremovexattr=236, fremovexattr=237, utime=30, utimes=271, utimensat=320,
+    utimensat_time64=412, futimesat=299, readlink=85, readlinkat=305, fallocate=324, acct=51,
+    swapon=87, quotactl=131,
+)  # fmt: skip
+_FILE_CALLS_AARCH64 = _table(
+    openat=56, openat2=437, truncate=45, ftruncate=46, renameat=38, renameat2=276, mkdirat=34,
+    linkat=37, unlinkat=35, symlinkat=36, fchmod=52, fchmodat=53, fchmodat2=452, fchown=55,
+    fchownat=54, setxattr=5, lsetxattr=6, fsetxattr=7, getxattr=8, lgetxattr=9, fgetxattr=10,
+    listxattr=11, llistxattr=12, flistxattr=13, removexattr=14, lremovexattr=15,
+    fremovexattr=16, utimensat=88, readlinkat=78, fallocate=47, acct=89, swapon=224,
+    quotactl=60,
+)  # fmt: skip
+_FILE_CALLS_ARM = _table(
+    open=5, openat=322, openat2=437, creat=8, truncate=92, ftruncate=93, truncate64=193,
+    ftruncate64=194, rename=38, renameat=329, renameat2=382, mkdir=39, mkdirat=323, rmdir=40,
+    link=9, linkat=330, unlink=10, unlinkat=328, symlink=83, symlinkat=331, chmod=15,
+    fchmod=94, fchmodat=333, fchmodat2=452, chown=182, fchown=95, lchown=16, fchownat=325,
+    chown32=212, fchown32=207, lchown32=198, setxattr=226, lsetxattr=227, fsetxattr=228,
+    getxattr=229, lgetxattr=230, fgetxattr=231, listxattr=232, llistxattr=233, flistxattr=234,
+    removexattr=235, lremovexattr=236, fremovexattr=237, utimes=269, utimensat=348,
+    utimensat_time64=412, futimesat=326, readlink=85, readlinkat=332, fallocate=352, acct=51,
+    swapon=87, quotactl=131,
+)  # fmt: skip
+# And these older calls (arch/x86/entry/syscalls/syscall_32.tbl, arch/arm/tools/syscall.tbl).
+_SINGLE_CALLS_32 = _table(
+    mknod=14,
+    syslog=103,
+    sysinfo=116,
+    init_module=128,
+    delete_module=129,
+    personality=136,
+)
 
 X86_64 = Arch(
     "b64",
@@ -122,6 +212,16 @@ X86_64 = Arch(
         bind=49,
         listen=50,
         accept4=288,
+        sysinfo=99,
+        syslog=103,
+        mknod=133,
+        personality=135,
+        init_module=175,
+        delete_module=176,
+        mknodat=259,
+        finit_module=313,
+        memfd_create=319,
+        **_FILE_CALLS_X86_64,
     ),
 )
 I386 = Arch(
@@ -141,6 +241,11 @@ I386 = Arch(
         connect=362,
         listen=363,
         accept4=364,
+        **_SINGLE_CALLS_32,
+        mknodat=297,
+        finit_module=350,
+        memfd_create=356,
+        **_FILE_CALLS_I386,
     ),
 )
 AARCH64 = Arch(
@@ -166,6 +271,15 @@ AARCH64 = Arch(
         accept=202,
         connect=203,
         accept4=242,
+        mknodat=33,
+        personality=92,
+        init_module=105,
+        delete_module=106,
+        syslog=116,
+        sysinfo=179,
+        finit_module=273,
+        memfd_create=279,
+        **_FILE_CALLS_AARCH64,
     ),
 )
 ARM = Arch(
@@ -185,6 +299,11 @@ ARM = Arch(
         listen=284,
         accept=285,
         accept4=366,
+        **_SINGLE_CALLS_32,
+        mknodat=324,
+        finit_module=379,
+        memfd_create=385,
+        **_FILE_CALLS_ARM,
     ),
 )
 
@@ -206,10 +325,10 @@ class AuditRule:
 
     @property
     def key(self) -> str | None:
-        """The rule's filter key (``-k``), if it has one."""
+        """The rule's filter key (``-k``), if it has one; of several keys, the first."""
         for field, _op, value in self.fields:
             if field == AUDIT_FILTERKEY and isinstance(value, str):
-                return value
+                return value.split(KEY_SEPARATOR, 1)[0]
         return None
 
     def pack(self) -> bytes:
@@ -242,8 +361,8 @@ class AuditRule:
     def unpack(cls, data: bytes) -> AuditRule:
         """Decode a ``struct audit_rule_data`` as ``AUDIT_LIST_RULES`` returns it.
 
-        Only the filter key is decoded from the string buffer; other string fields (paths,
-        security labels) are kept as their length, which is enough to tell rules apart.
+        The filter key, watched paths and executable paths are decoded from the string buffer;
+        other string fields (security labels) are kept as their length.
         """
         head = _HEAD.unpack_from(data)
         rule_flags, action, count, mask = head[0], head[1], head[2], head[3:]
@@ -262,11 +381,12 @@ class AuditRule:
         pos = 0
         for i in range(count):
             field, value, op = fields[i], values[i], ops[i]
-            if field == AUDIT_FILTERKEY:
+            if field in (AUDIT_FILTERKEY, AUDIT_WATCH, AUDIT_DIR, AUDIT_EXE):
                 parsed.append((field, op, buf[pos : pos + value].decode(errors="replace")))
-                pos += value
             else:
                 parsed.append((field, op, value))
+            if field in STRING_FIELDS:
+                pos += value
         return cls(rule_flags, action, syscalls, tuple(parsed))
 
 
@@ -370,3 +490,91 @@ def network_rules(
 def syscall_names(machine: str | None = None) -> dict[int, dict[int, str]]:
     """For each ``AUDIT_ARCH_*`` value, syscall number to name for the syscalls we watch."""
     return {arch.audit_arch: arch.names for arch in arches_for(machine)}
+
+
+def all_syscall_names() -> dict[int, dict[int, str]]:
+    """:func:`syscall_names` for every ABI this module knows, whatever this machine is."""
+    return {arch.audit_arch: arch.names for arch in (X86_64, I386, AARCH64, ARM)}
+
+
+def is_vigil_key(key: str | None) -> bool:
+    """Whether a rule or record key is one of the agent's: ``vigil`` or ``vigil_*`` (first key)."""
+    if not key:
+        return False
+    first = key.split(KEY_SEPARATOR, 1)[0]
+    return first == RULE_KEY or first.startswith(RULE_KEY + "_")
+
+
+def perm_mask(letters: str) -> int:
+    """The ``AUDIT_PERM`` mask of ``auditctl -p`` letters: ``r`` read, ``w`` write, ``a`` attrs.
+
+    Raises:
+        ValueError: A letter is not one of ``rwa`` (``x`` is left to the process sensor), or
+            there is none.
+    """
+    if not letters or any(letter not in PERM_LETTERS for letter in letters):
+        raise ValueError(f"access {letters!r} is not a combination of r, w and a")
+    mask = 0
+    for letter in letters:
+        mask |= PERM_LETTERS[letter]
+    return mask
+
+
+def watch_rule(path: str, perm: int, key: str, directory: bool = False) -> AuditRule:
+    """A file watch as ``auditctl -w PATH -p PERM -k KEY`` loads it, on every syscall.
+
+    Args:
+        path: Absolute path without a trailing slash; a file need not exist yet if its folder
+            does (the kernel arms the watch when it is created).
+        perm: ``AUDIT_PERM_*`` bits (see :func:`perm_mask`).
+        key: The rule's key.
+        directory: Watch the whole tree under ``path`` (``AUDIT_DIR``) rather than one inode.
+    """
+    return AuditRule(
+        flags=AUDIT_FILTER_EXIT,
+        action=AUDIT_ALWAYS,
+        syscalls=ALL_SYSCALLS,
+        fields=(
+            (AUDIT_DIR if directory else AUDIT_WATCH, AUDIT_EQUAL, path),
+            (AUDIT_PERM, AUDIT_EQUAL, perm),
+            (AUDIT_FILTERKEY, AUDIT_EQUAL, key),
+        ),
+    )
+
+
+# Arguments that single out the calls worth a record: syslog(2) actions 4 to 6 clear the kernel
+# log or silence the console (SigmaHQ lnx_auditd_clean_disable_dmesg_logs_via_syslog).
+SINGLE_CALL_FILTERS: dict[str, tuple[tuple[int, int, int | str], ...]] = {
+    "syslog": (
+        (AUDIT_ARG0, AUDIT_GREATER_THAN_OR_EQUAL, 4),
+        (AUDIT_ARG0, AUDIT_LESS_THAN_OR_EQUAL, 6),
+    ),
+}
+
+
+def single_call_rules(
+    names: tuple[str, ...], key: str, machine: str | None = None
+) -> list[AuditRule]:
+    """Exit rules for the named :data:`SINGLE_CALLS`, per ABI, successful or not.
+
+    Calls with an argument filter (:data:`SINGLE_CALL_FILTERS`) get a rule each; the others
+    share one rule per ABI. A call an ABI lacks (``mknod`` on aarch64) is left out there.
+
+    Raises:
+        ValueError: A name is not one of :data:`SINGLE_CALLS`.
+    """
+    unknown = [name for name in names if name not in SINGLE_CALLS]
+    if unknown:
+        raise ValueError(
+            f"syscalls {', '.join(unknown)} cannot be asked for here; use some of "
+            f"{', '.join(SINGLE_CALLS)}"
+        )
+    plain = tuple(name for name in names if name not in SINGLE_CALL_FILTERS)
+    found = []
+    for arch in arches_for(machine):
+        if arch.of(*plain):
+            found.append(_rule(arch, arch.of(*plain), key=key))
+        for name in names:
+            if name in SINGLE_CALL_FILTERS and arch.of(name):
+                found.append(_rule(arch, arch.of(name), *SINGLE_CALL_FILTERS[name], key=key))
+    return found
