@@ -15,9 +15,7 @@ from vigil.agent.sensors.base import Sensor, SensorContext
 
 
 def _vigil_rules(sock: netlink.AuditSocket) -> list[bytes]:
-    return [
-        data for data in sock.list_rules() if rules.is_vigil_key(rules.AuditRule.unpack(data).key)
-    ]
+    return [data for data in sock.list_rules() if rules.is_vigil_rule(rules.AuditRule.unpack(data))]
 
 
 @pytest.fixture

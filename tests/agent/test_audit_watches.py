@@ -165,3 +165,11 @@ def test_syscall_names_come_from_the_table_when_the_log_has_none() -> None:
     (plain,) = record_events(event)
     assert "SYSCALL" not in plain
     assert os.path.basename(plain["exe"]) == "mkfifo"
+
+
+def test_the_proctitle_exclusion_is_known_after_a_round_trip() -> None:
+    # The exclude list takes no key: the hub finds the rule again by its contents.
+    rule = rules.proctitle_exclusion()
+    back = rules.AuditRule.unpack(rule.pack())
+    assert back.key is None and rules.is_vigil_rule(back)
+    assert not rules.is_vigil_rule(rules.watch_rule("/etc/hosts", rules.perm_mask("wa"), "other"))

@@ -236,7 +236,14 @@ def test_network_and_process_sensors_share_audit_and_restore_it(
     network.start()
     sock = netlink.AuditSocket()
     try:
-        process_count = len(rules.process_rules() + rules.lineage_rules() + rules.privilege_rules())
+        process_count = len(
+            [
+                *rules.process_rules(),
+                *rules.lineage_rules(),
+                *rules.privilege_rules(),
+                rules.proctitle_exclusion(),
+            ]
+        )
         network_count = len(rules.network_rules())
         assert len(audit_rules_of_ours()) == process_count + network_count
         assert context.processes is not None

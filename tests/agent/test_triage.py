@@ -417,3 +417,20 @@ def test_long_walks_stop_at_the_limit_and_leave_no_folder_open(
     limits = [s for s in manifest["skipped"] if s["reason"] == "limit"]
     assert "/tmp" in {s["source"] for s in limits}
     assert all("stopped after 3 entries" in s["detail"] for s in limits)
+
+
+def test_private_folders_such_as_the_servers_data_never_enter_the_bundle(
+    context: ActionContext, host: Path
+) -> None:
+    # Under `vigil up` the server's data folder (its keys, its admin token) is on this host,
+    # often under /tmp: a bundle any analyst can download must not carry it.
+    data = host / "tmp" / "vigil-data"
+    write_file(host, "/tmp/vigil-data/admin-token", b"secret-admin-token")
+    write_file(host, "/tmp/vigil-data/pki/ca.key", b"secret-key")
+    context.private_paths = (str(data),)
+
+    _, members, _ = build(context, host)
+
+    assert "files/tmp/dropper" in members  # the rest of /tmp is still collected
+    assert not [name for name in members if "vigil-data" in name]
+    assert not any(b"secret-" in body for body in members.values())

@@ -48,9 +48,7 @@ def vigil_json(data_dir: Path, *args: str) -> Any:
 def our_audit_rules() -> list[rules.AuditRule]:
     sock = netlink.AuditSocket()
     try:
-        return [
-            r for r in map(rules.AuditRule.unpack, sock.list_rules()) if rules.is_vigil_key(r.key)
-        ]
+        return [r for r in map(rules.AuditRule.unpack, sock.list_rules()) if rules.is_vigil_rule(r)]
     finally:
         sock.close()
 

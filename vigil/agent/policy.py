@@ -123,6 +123,9 @@ class Policy:
     # Running arbitrary commands is off unless the policy turns it on.
     allow_run_command: bool = False
     block_exec: BlockExecPolicy = field(default_factory=BlockExecPolicy)
+    # Folders response actions never collect from (the server's data folder under `vigil up`:
+    # its keys and admin token must not reach a triage bundle an analyst can download).
+    private_paths: tuple[str, ...] = ()
 
     @classmethod
     def default(cls, known: list[str]) -> Policy:

@@ -105,6 +105,7 @@ class Agent:
             allow_run_command=self.policy.allow_run_command,
             recent_events=self.recent_events,
             exec_guard=self.exec_guard,
+            private_paths=self.policy.private_paths,
         )
 
     def recent_events(self) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ class AgentOptions:
         policy = Policy.load(self.policy, sorted(SENSORS)) if self.policy else default_policy()
         if self.sensors:
             policy = policy.only(self.sensors)
+        policy.private_paths = (*policy.private_paths, *self.quiet_paths)
         if self.quiet_paths and "file_fanotify" in policy.sensors:
             options = policy.sensors["file_fanotify"]
             options["file_exclude"] = [*options.get("file_exclude", []), *self.quiet_paths]

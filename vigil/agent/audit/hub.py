@@ -394,12 +394,13 @@ class AuditHub:
 
     @staticmethod
     def _remove_stale_rules(control: netlink.AuditSocket) -> None:
-        # Rules keyed "vigil" or "vigil_*" belong to the hub by contract; any loaded now were
+        # Rules keyed "vigil" or "vigil_*" (and the PROCTITLE exclusion) belong to the hub by
+        # contract; any loaded now were
         # left by an agent that died without stopping, and would double every event.
         for data in control.list_rules():
-            key = rules.AuditRule.unpack(data).key
-            if rules.is_vigil_key(key):
-                log.warning("removing an audit rule keyed %r left by an earlier run", key)
+            rule = rules.AuditRule.unpack(data)
+            if rules.is_vigil_rule(rule):
+                log.warning("removing an audit rule (key %r) left by an earlier run", rule.key)
                 control.delete_rule(data)
 
     def detach(self, name: str) -> list[str]:

@@ -5,9 +5,11 @@ architecture's syscall table (``arch/x86/entry/syscalls``, ``include/uapi/asm-ge
 ``arch/arm/tools/syscall.tbl``).
 
 Every rule carries the filter key ``vigil`` or one starting with ``vigil_`` (:func:`is_vigil_key`),
-so rules left by an agent that died can be found and removed. Rules are grouped into sets, one
-per kind of telemetry (:data:`PROCESS`, :data:`LINEAGE`, :data:`PRIVILEGE`, :data:`NETWORK`, file
-watches and single syscalls for raw records); the audit hub loads the sets its sensors ask for.
+except the exclude-list rule that drops PROCTITLE records (:func:`proctitle_exclusion`), known by
+its contents, so rules left by an agent that died can be found and removed. Rules are grouped
+into sets, one per kind of telemetry (:data:`PROCESS`, :data:`LINEAGE`, :data:`PRIVILEGE`,
+:data:`NETWORK`, file watches and single syscalls for raw records); the audit hub loads the sets
+its sensors ask for.
 
 File watches (:func:`watch_rule`) are built as ``auditctl -w PATH -p PERM`` builds them: the
 ``AUDIT_WATCH`` field for a file (the kernel watches its folder and follows the file through
@@ -23,10 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 AUDIT_FILTER_EXIT = 0x04
+AUDIT_FILTER_EXCLUDE = 0x05
 AUDIT_NEVER = 0
 AUDIT_ALWAYS = 2
 
 AUDIT_PID = 0
+AUDIT_MSGTYPE = 12
 AUDIT_ARCH = 11
 AUDIT_SUCCESS = 104
 AUDIT_WATCH = 105
@@ -495,6 +499,36 @@ def syscall_names(machine: str | None = None) -> dict[int, dict[int, str]]:
 def all_syscall_names() -> dict[int, dict[int, str]]:
     """:func:`syscall_names` for every ABI this module knows, whatever this machine is."""
     return {arch.audit_arch: arch.names for arch in (X86_64, I386, AARCH64, ARM)}
+
+
+# struct audit_rule_data's syscall mask with every bit set (auditctl's "all").
+_ALL_SYSCALLS = frozenset(range(AUDIT_BITMASK_SIZE * 32))
+AUDIT_PROCTITLE = 1327
+
+
+def proctitle_exclusion() -> AuditRule:
+    """An exclude-list rule that drops PROCTITLE records, host-wide.
+
+    The kernel writes a PROCTITLE record for every audited syscall, reading the process's
+    command line from its memory: three of the thirteen messages a short-lived process costs
+    (fork, exec, exit). It adds nothing the agent uses: the EXECVE record has the whole argv,
+    where PROCTITLE is cut at 128 bytes. The exclude list takes no filter key, so the hub knows
+    this rule by its contents (:func:`is_vigil_rule`).
+    """
+    return AuditRule(
+        flags=AUDIT_FILTER_EXCLUDE,
+        action=AUDIT_ALWAYS,
+        syscalls=_ALL_SYSCALLS,
+        fields=((AUDIT_MSGTYPE, AUDIT_EQUAL, AUDIT_PROCTITLE),),
+    )
+
+
+def is_vigil_rule(rule: AuditRule) -> bool:
+    """Whether a loaded rule is the agent's: keyed ``vigil*``, or its PROCTITLE exclusion."""
+    if is_vigil_key(rule.key):
+        return True
+    ours = proctitle_exclusion()
+    return (rule.flags, rule.action, rule.fields) == (ours.flags, ours.action, ours.fields)
 
 
 def is_vigil_key(key: str | None) -> bool:

@@ -32,6 +32,8 @@ class ActionContext:
     # The agent's exec guard (``vigil.agent.respond.exec_guard.ExecGuard``), which enforces the
     # block list of ``block_exec``; None where the agent runs none.
     exec_guard: Any = None
+    # Folders no action collects from (``Policy.private_paths``).
+    private_paths: tuple[str, ...] = ()
 
 
 class Action(abc.ABC):

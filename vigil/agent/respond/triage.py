@@ -411,12 +411,9 @@ def build_bundle(
         now: The time the ``since_minutes`` window ends (default: now).
     """
     now = time.time() if now is None else now
-    state = os.stat(context.state_dir)
     bundle = Bundle(archive, options.max_bytes)
     tree = Tree(root)
-    collector = _Collector(
-        bundle, tree, options, archive.parent, frozenset({(state.st_dev, state.st_ino)}), now
-    )
+    collector = _Collector(bundle, tree, options, archive.parent, _private_folders(context), now)
     try:
         for step, source in _steps(collector, context):
             try:
@@ -446,6 +443,18 @@ def build_bundle(
         ],
     }
     return bundle.finish(header)
+
+
+def _private_folders(context: ActionContext) -> frozenset[tuple[int, int]]:
+    """(device, inode) of the folders never collected: the agent's state, the private paths."""
+    found = set()
+    for folder in (context.state_dir, *context.private_paths):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue  # not there (yet): nothing in it to leak
+        found.add((info.st_dev, info.st_ino))
+    return frozenset(found)
 
 
 def _steps(collector: _Collector, context: ActionContext) -> list[tuple[Callable[[], None], str]]:

@@ -141,7 +141,12 @@ class ProcessAuditSensor(AuditSensor):
         calls = (*EXEC_CALLS, "exit_group", *rules.FORK_CALLS, *PRIVILEGE_CALLS)
         subscription = Subscription(
             name=self.name,
-            rules=rules.process_rules() + rules.lineage_rules() + rules.privilege_rules(),
+            rules=[
+                *rules.process_rules(),
+                *rules.lineage_rules(),
+                *rules.privilege_rules(),
+                rules.proctitle_exclusion(),
+            ],
             syscalls={a.audit_arch: a.of(*calls) for a in rules.arches_for()},
             handle=self._handle,
             on_syscall=self._read_proc,
