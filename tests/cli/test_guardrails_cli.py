@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.server.guardrail_helpers import enroll_host
-from vigil.cli.main import main
+from vigil.cli.main import build_parser, main, task_exit_code
 
 
 @pytest.fixture
@@ -82,3 +82,19 @@ def test_policy_tokens_tags_and_approval_from_the_cli(
     code, _, err = run("kill", host, "e1", "--reason", "miner", token_of=out.strip())
     assert code == 1 and "refused by guardrail 'role'" in err and "responder" in err
     link.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "code"),
+    [
+        pytest.param(["respond", "block_exec", "h"], "failed", 1, id="respond-failed"),
+        pytest.param(["kill", "h", "e", "--reason", "r"], "expired", 1, id="kill-expired"),
+        pytest.param(["hosts", "isolate", "h", "--reason", "r"], "done", 0, id="isolate-done"),
+        pytest.param(["tasks", "show", "t"], "failed", 0, id="showing-is-no-error"),
+    ],
+)
+def test_a_command_that_ran_a_task_exits_1_when_the_task_failed(
+    argv: list[str], status: str, code: int
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert task_exit_code(args, {"id": "t", "status": status}) == code

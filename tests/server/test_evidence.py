@@ -278,6 +278,7 @@ def test_a_triage_bundle_arrives_as_evidence_with_its_sha256_and_custody(
     link: ServerLink,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     host = make_host(tmp_path)
     context = ActionContext(
@@ -325,6 +326,13 @@ def test_a_triage_bundle_arrives_as_evidence_with_its_sha256_and_custody(
     argv = ["evidence", "get", result["evidence_id"], "-o", str(target), "--json"]
     assert main([*argv, "--data-dir", str(evidence_server.config.data_dir)]) == 0
     assert hashlib.sha256(target.read_bytes()).hexdigest() == record["sha256"]
+
+    # `vigil evidence list` shows it as a table, with its path and the start of its hash.
+    capsys.readouterr()
+    assert main(["evidence", "list", "--data-dir", str(evidence_server.config.data_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("ID") and result["evidence_id"] in listing
+    assert record["sha256"][:16] in listing and "triage:" in listing
 
 
 def test_the_task_loop_runs_collect_triage_and_names_its_task(

@@ -128,6 +128,29 @@ def test_destructive_action_on_a_critical_host_waits_for_a_second_analyst(
     ]
 
 
+def test_an_isolation_dry_run_on_the_agent_is_neither_held_nor_capped(
+    running_server: RunningServer, host: tuple[identity.Identity, ServerLink], tmp_path: Path
+) -> None:
+    # Listing what isolation would cut changes nothing on the host: no second analyst needed,
+    # and it takes no slot of the isolation cap.
+    enrolled, link = host
+    api = running_server.api
+    api.call("PATCH", "/policy", {"isolate_cap_per_hour": 1})
+    api.call("POST", f"/hosts/{enrolled.agent_id}/tags", {"tags": ["critical"]})
+    body = {"action": "isolate", "params": {"dry_run": True}, "reason": "what would it cut?"}
+    for _ in range(2):
+        assert api.call("POST", f"/hosts/{enrolled.agent_id}/respond", body)["status"] == "queued"
+    assert len(link.poll_tasks(wait=0)) == 2
+    # The cap of one host is still free for another host: the dry runs did not use it.
+    other, other_link = enroll_host(running_server, tmp_path / "other")
+    queued = api.call("POST", f"/hosts/{other.agent_id}/isolate", {"reason": "contain"})
+    assert queued["status"] == "queued"
+    other_link.close()
+    # A real isolation does take the slot: now the first host is over the cap.
+    with pytest.raises(CliError, match="isolate_cap"):
+        api.call("POST", f"/hosts/{enrolled.agent_id}/isolate", {"reason": "contain"})
+
+
 def test_a_held_task_can_be_denied_or_withdrawn(
     running_server: RunningServer,
     host: tuple[identity.Identity, ServerLink],

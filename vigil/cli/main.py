@@ -481,6 +481,9 @@ def read_feed_files(path: Path) -> dict[str, str]:
         raise CliError(f"feed file is not text ({exc}); feeds are JSON, CSV or text") from exc
 
 
+FAILED_TASK_STATES = ("failed", "expired", "denied")
+
+
 def _wait_for_task(api: ApiClient, task: dict[str, Any]) -> dict[str, Any]:
     """Poll a task until the agent reports an outcome, or give up and show it as it is.
 
@@ -509,10 +512,30 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, VigilError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 1
-    if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        output.render(args, result)
+    try:
+        if getattr(args, "json", False):
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            output.render(args, result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`vigil tasks list | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return task_exit_code(args, result)
+
+
+def task_exit_code(args: argparse.Namespace, result: Any) -> int:
+    """1 when a command that ran a task saw it end badly (failed, expired, denied), else 0.
+
+    So a script that isolates, kills or responds can tell; showing a failed task is no error.
+    """
+    ran_task = args.command in ("respond", "kill") or (
+        args.command,
+        getattr(args, "sub", None),
+    ) in (("hosts", "isolate"), ("hosts", "release"), ("tasks", "approve"))
+    if ran_task and isinstance(result, dict) and result.get("status") in FAILED_TASK_STATES:
+        return 1
     return 0
 
 

@@ -284,7 +284,26 @@ def _isolation(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _evidence(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["ID", "HOST", "PATH", "SIZE", "SHA256", "COLLECTED", "BY"],
+        [
+            [
+                e["id"],
+                e["agent_id"],
+                e["original_path"],
+                e["size"],
+                str(e["sha256"])[:16] + "...",
+                e["collected_at"],
+                e["requested_by"],
+            ]
+            for e in result
+        ],
+    )
+
+
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
+    ("evidence", "list"): _evidence,
     ("actions", None): _actions,
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),

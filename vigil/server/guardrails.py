@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -155,16 +156,22 @@ def evaluate(
     agent_id: str,
     action: str,
     *,
+    params: Mapping[str, Any] | None = None,
     approved: bool = False,
     now: float | None = None,
 ) -> Verdict:
     """Run the guardrails for one task; nothing is stored.
+
+    An agent-side dry run (``params["dry_run"]`` true: isolate lists what it would cut) changes
+    nothing on the host, so it needs no second analyst and takes no slot of the isolation cap;
+    the role and the tenant's allowed actions still apply.
 
     Args:
         ctx: the server.
         requester: who asks (for an approval: the approver, whose role is then checked).
         agent_id: the host, already known to be in the requester's tenant.
         action: the action's registered name.
+        params: the task's parameters.
         approved: a second analyst has approved, so ``critical_approval`` is satisfied.
         now: the moment to judge the isolation cap at (default: now).
     """
@@ -194,6 +201,8 @@ def evaluate(
             "'vigil policy set --allow-actions ...'",
         )
 
+    if params is not None and params.get("dry_run") is True:
+        return ALLOW
     if action == "isolate":
         refused = _isolate_cap(ctx, requester.tenant_id, agent_id, policy, now or time.time())
         if refused:

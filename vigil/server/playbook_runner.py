@@ -69,7 +69,9 @@ def dispatch(ctx: ServerContext, request: ActionRequest) -> dict[str, Any]:
         "message": "",
     }
     analyst = Analyst(request.tenant_id, request.requested_by, PLAYBOOK_ROLE)
-    verdict = guardrails.evaluate(ctx, analyst, request.host["id"], request.action)
+    verdict = guardrails.evaluate(
+        ctx, analyst, request.host["id"], request.action, params=request.params
+    )
     if verdict.outcome == "refuse":
         return {
             **outcome,

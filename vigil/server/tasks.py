@@ -73,7 +73,7 @@ def queue_task(
     if dry_run:
         return dry_run_task(ctx, analyst, agent_id, action, params, reason)
     with guardrails.DISPATCH_LOCK:
-        verdict = guardrails.evaluate(ctx, analyst, agent_id, action)
+        verdict = guardrails.evaluate(ctx, analyst, agent_id, action, params=params)
         if verdict.outcome == "refuse":
             refused = {"params": params, "reason": reason}
             _audit_refusal(ctx, analyst, f"task.{action}", agent_id, refused, verdict)
@@ -135,7 +135,7 @@ def dry_run_task(
     reason: str,
 ) -> dict[str, Any]:
     """What ``queue_task`` would do, audited, with nothing queued."""
-    verdict = guardrails.evaluate(ctx, analyst, agent_id, action)
+    verdict = guardrails.evaluate(ctx, analyst, agent_id, action, params=params)
     would = {
         "allow": "be queued",
         "needs_approval": "wait for a second analyst's approval",

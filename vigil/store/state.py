@@ -410,6 +410,7 @@ class StateStore:
         rows = self._all(
             "SELECT agent_id, MAX(created) AS newest FROM tasks WHERE tenant_id = ?"
             f" AND action = ? AND created >= ? AND status IN ({', '.join('?' for _ in statuses)})"
+            " AND COALESCE(json_extract(params, '$.dry_run'), 0) != 1"  # dry runs change nothing
             " GROUP BY agent_id",
             (tenant_id, action, since, *statuses),
         )
