@@ -56,11 +56,18 @@ class ProcStat:
 
 def read_stat(pid: int, proc: str = PROC) -> ProcStat | None:
     """Read ``/proc/<pid>/stat``; ``None`` when the process is gone or unreadable."""
+    # os.open/os.read: half the cost of open() and its buffered file object, on a path read
+    # several times for every short-lived process. The file is well under one read's size.
     try:
-        with open(f"{proc}/{pid}/stat", "rb") as handle:
-            data = handle.read()
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm may contain spaces and parentheses: it ends at the last ')'.
     close = data.rfind(b")")
     rest = data[close + 2 :].split()
