@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vigil.agent.audit.hub import AUDIT_BASELINE, HUB, Subscription
+from vigil.agent.audit.hub import AUDIT_BASELINE, HUB, Subscription, check_available
 from vigil.agent.errors import AgentError
 from vigil.agent.sensors.base import Sensor, SensorHealth
 
 
 class AuditSensor(Sensor):
     """Base of the sensors fed by the shared audit hub; subclasses name themselves."""
+
+    def check_compatible(self) -> None:
+        """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
+        check_available(self.name)
 
     def attach(self, subscription: Subscription, backlog: int, rcvbuf: int) -> None:
         """Attach to the hub (the first sensor starts kernel audit); on failure say so.

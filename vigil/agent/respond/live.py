@@ -24,6 +24,7 @@ import psutil
 from vigil.agent.respond.base import Action
 from vigil.agent.respond.errors import ResponseError
 from vigil.agent.respond.kill import read_start_ticks
+from vigil.agent.respond.triage_fs import kind_of
 from vigil.schema.ecs import entity_id, iso_epoch
 
 log = logging.getLogger(__name__)
@@ -211,19 +212,7 @@ class LiveFileInfoAction(Action):
                 f"{self.name}: cannot stat {path!r}: {exc.strerror}; check the path"
             ) from exc
 
-        kind = "other"
-        for test, label in (
-            (stat.S_ISREG, "file"),
-            (stat.S_ISDIR, "dir"),
-            (stat.S_ISLNK, "symlink"),
-            (stat.S_ISFIFO, "fifo"),
-            (stat.S_ISSOCK, "socket"),
-            (stat.S_ISCHR, "char_device"),
-            (stat.S_ISBLK, "block_device"),
-        ):
-            if test(info.st_mode):
-                kind = label
-                break
+        kind = kind_of(info.st_mode)
 
         sha256: str | None = None
         hash_skipped: str | None = None

@@ -52,7 +52,6 @@ from vigil.agent.audit import rules
 from vigil.agent.audit.hub import (
     Subscription,
     audit_options,
-    check_available,
     event_unique,
     int_option,
 )
@@ -204,10 +203,6 @@ class AuditRecordsSensor(AuditSensor):
         self._user_types: tuple[str, ...] = ()
         self.targets: list[WatchTarget] = []
         self.skipped: list[str] = []
-
-    def check_compatible(self) -> None:
-        """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
-        check_available(self.name)
 
     def start(self) -> None:
         """Resolve the watches and attach to the audit hub with the watch and syscall rules.

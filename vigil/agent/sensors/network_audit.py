@@ -26,7 +26,6 @@ from vigil.agent.audit import rules
 from vigil.agent.audit.hub import (
     Subscription,
     audit_options,
-    check_available,
     event_unique,
 )
 from vigil.agent.audit.network import Address, SocketInfo, SocketProber, parse_sockaddr
@@ -79,10 +78,6 @@ class NetworkAuditSensor(AuditSensor):
         self._table: ProcessTable | None = None
         self._names: dict[int, dict[int, str]] = {}
         self._prober = SocketProber()
-
-    def check_compatible(self) -> None:
-        """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
-        check_available(self.name)
 
     def start(self) -> None:
         """Attach to the audit hub with the network rules.

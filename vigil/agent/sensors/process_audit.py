@@ -36,7 +36,6 @@ from vigil.agent.audit.hub import (
     HUB,
     Subscription,
     audit_options,
-    check_available,
     event_unique,
 )
 from vigil.agent.audit.reassembly import AuditEvent
@@ -105,10 +104,6 @@ class ProcessAuditSensor(AuditSensor):
         self._boot = boot_time()
         self._names: dict[int, dict[int, str]] = {}
         self._next_prune = 0.0
-
-    def check_compatible(self) -> None:
-        """Raise NotApplicable off Linux, without root, or when audit is locked or taken."""
-        check_available(self.name)
 
     def start(self) -> None:
         """Scan ``/proc`` and attach to the audit hub with the process rules.
