@@ -20,7 +20,7 @@ from vigil.agent.fanotify.records import RawEvent
 from vigil.agent.processes import ProcessTable, read_start_ticks
 from vigil.agent.sensors import file_fanotify
 from vigil.agent.sensors.base import SensorContext
-from vigil.agent.sensors.file_fanotify import FileFanotifySensor
+from vigil.agent.sensors.file_fanotify import FileFanotifySensor, dynamic_loaders
 from vigil.schema.ecs import entity_id
 
 Docs = list[dict[str, Any]]
@@ -303,3 +303,42 @@ def test_not_applicable_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyP
     context = SensorContext("agent-test", "host-test", "testhost", lambda doc: None, str(tmp_path))
     with pytest.raises(NotApplicable, match="needs root"):
         FileFanotifySensor(context).check_compatible()
+
+
+@needs_root
+@pytest.mark.parametrize("report_loader", [False, True])
+def test_the_loaders_exec_opens_are_left_out_unless_asked_for(
+    start_sensor: Start, watched: Path, wait_for: Wait, report_loader: bool
+) -> None:
+    # Every dynamic exec also opens the ELF interpreter for exec; by default only the program's
+    # own exec open is reported, and the loader's are counted.
+    loaders = dynamic_loaders()
+    if not loaders:
+        pytest.skip("no dynamic loader found on this host")
+    folders = sorted({os.path.dirname(path) for path in loaders})
+    sensor, docs = start_sensor(
+        file_include=[str(watched), *folders], file_loader_exec=report_loader
+    )
+    program = watched / "true-copy"
+    shutil.copy("/bin/true", program)
+    assert subprocess.run([str(program)], timeout=30).returncode == 0
+
+    def loader_execs() -> list[dict[str, Any]]:
+        return [
+            d
+            for d in list(docs)
+            if d["event"]["action"] == "execution" and d["file"]["path"] in loaders
+        ]
+
+    assert wait_for(lambda: _find(docs, "execution", program))
+    if report_loader:
+        assert wait_for(loader_execs)
+    else:
+        assert loader_execs() == []
+        assert sensor.health().counters["loader_exec"] >= 1
+
+
+@needs_root
+def test_a_non_boolean_loader_option_is_refused(start_sensor: Start) -> None:
+    with pytest.raises(AgentError, match="file_loader_exec='yes' must be true or false"):
+        start_sensor(file_loader_exec="yes")

@@ -20,11 +20,18 @@ Options (``SensorContext.options``):
         than ``file_hash_max_bytes`` (default 10 MiB) and while the emit queue is backed up.
     file_queue_size: events waiting between the reader and the emitter (default 65536).
     file_dir_cache: directory paths remembered (default 16384).
+    file_loader_exec: report the dynamic loader's exec opens (default ``False``). The kernel
+        opens the ELF interpreter (``ld-linux*.so``) for exec at every dynamic exec; those
+        events name the same file each time and say nothing the exec of the program itself
+        does not, yet they were a third of the events of an exec burst. Running the loader
+        as a program (``ld.so ./x``) is still an exec of the loader, recorded by
+        ``process_audit`` with its argv.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import logging
 import os
@@ -121,6 +128,24 @@ def _text(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+LOADER_PATTERNS = (
+    "/lib/ld-linux*.so*",
+    "/lib64/ld-linux*.so*",
+    "/lib/*-linux-gnu*/ld-linux*.so*",
+    "/usr/lib/ld-linux*.so*",
+    "/usr/lib64/ld-linux*.so*",
+    "/usr/lib/*-linux-gnu*/ld-linux*.so*",
+    "/lib/ld-musl-*.so.1",
+)
+
+
+def dynamic_loaders() -> frozenset[str]:
+    """The real paths of this host's ELF interpreters, as fanotify names them."""
+    return frozenset(
+        os.path.realpath(found) for pattern in LOADER_PATTERNS for found in glob.glob(pattern)
+    )
+
+
 def _join(directory: str, name: str) -> str:
     if name in ("", "."):
         return directory
@@ -194,6 +219,7 @@ class FileFanotifySensor(Sensor):
         self._include: tuple[str, ...] = ("/",)
         self._exclude: tuple[str, ...] = DEFAULT_EXCLUDE
         self._hasher: _FileHasher | None = None
+        self._quiet_execs: frozenset[str] = frozenset()
         self._moves = False
         self._move_from: tuple[int, str | None, int] | None = None
         self.own_pid = os.getpid()
@@ -237,7 +263,15 @@ class FileFanotifySensor(Sensor):
             if isinstance(exc, AgentError):
                 raise
             raise AgentError(message) from exc
-        for counter in ("events", "filtered", "dropped", "overflow", "errors", "unresolved"):
+        for counter in (
+            "events",
+            "filtered",
+            "dropped",
+            "overflow",
+            "errors",
+            "unresolved",
+            "loader_exec",
+        ):
             self.count(counter, 0)
         self._stop.clear()
         self._run_id = f"{time.time_ns()}"
@@ -264,6 +298,12 @@ class FileFanotifySensor(Sensor):
         if not isinstance(hashing, bool):
             raise AgentError(f"file_fanotify option file_hash={hashing!r} must be true or false")
         self._hasher = _FileHasher(hash_max) if hashing else None
+        loader_exec = options.get("file_loader_exec", False)
+        if not isinstance(loader_exec, bool):
+            raise AgentError(
+                f"file_fanotify option file_loader_exec={loader_exec!r} must be true or false"
+            )
+        self._quiet_execs = frozenset() if loader_exec else dynamic_loaders()
         self._queue = queue.Queue(queue_size)
         self._include = tuple(include)
         state_dir = os.path.realpath(self.context.state_dir)
@@ -402,6 +442,9 @@ class FileFanotifySensor(Sensor):
             path = self._path(raw.entry)
             if is_dir and mask & api.FAN_DELETE and path is not None:
                 self._resolver.forget(path)
+            if mask == api.FAN_OPEN_EXEC and path in self._quiet_execs:
+                self.count("loader_exec")
+                return
         self._queue_event(raw, moment, ticks, path, original)
 
     def _pair_move(self, raw: RawEvent, moment: float, ticks: dict[int, int | None]) -> None:
