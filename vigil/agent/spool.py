@@ -9,13 +9,14 @@ counted, and the count goes to the server with every heartbeat.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from vigil.schema import jsonfast
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Spool:
         """Write events durably in one transaction, dropping the oldest past the cap."""
         if not docs:
             return
-        rows = [(json.dumps(doc, ensure_ascii=False, default=str),) for doc in docs]
+        rows = [(jsonfast.dumps(doc).decode(),) for doc in docs]
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO events (doc) VALUES (?)", rows)
@@ -88,7 +89,7 @@ class Spool:
             ).fetchall()
         batch = []
         for seq, text in rows:
-            doc = json.loads(text)
+            doc = jsonfast.loads(text)
             doc.setdefault("event", {})["sequence"] = seq
             batch.append(doc)
         return batch
@@ -127,7 +128,7 @@ def newest_unsent(path: Path, limit: int) -> list[dict[str, Any]]:
         db.close()
     events = []
     for seq, text in reversed(rows):
-        doc = json.loads(text)
+        doc = jsonfast.loads(text)
         doc.setdefault("event", {})["sequence"] = seq
         events.append(doc)
     return events

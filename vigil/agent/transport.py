@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from vigil.agent.identity import Identity
+from vigil.schema import jsonfast
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,28 @@ class ServerLink:
     def close(self) -> None:
         self._client.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         route = self._route
         if route is None:
-            return self._client.request(method, path, **kwargs)
-        base, headers, extensions = route
+            return self._client.request(method, path, headers=headers, **kwargs)
+        base, route_headers, extensions = route
         return self._client.request(
-            method, base + path, headers=headers, extensions=extensions, **kwargs
+            method,
+            base + path,
+            headers={**route_headers, **(headers or {})},
+            extensions=extensions,
+            **kwargs,
         )
 
     def post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
-        return self._request("POST", path, json=payload)
+        return self._request(
+            "POST",
+            path,
+            content=jsonfast.dumps(payload),
+            headers={"content-type": "application/json"},
+        )
 
     def poll_tasks(self, wait: float) -> list[dict[str, Any]]:
         response = self._request("GET", "/tasks", params={"wait": wait}, timeout=wait + 15)
