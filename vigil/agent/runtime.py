@@ -12,7 +12,6 @@ Threads, each with one job:
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import queue
@@ -34,10 +33,11 @@ from vigil.agent.respond.base import ActionContext
 from vigil.agent.respond.exec_guard import ExecGuard
 from vigil.agent.sensors import REGISTRY as SENSORS
 from vigil.agent.sensors.base import Sensor, SensorContext
-from vigil.agent.spool import Spool
+from vigil.agent.spool import Spool, SpooledBatch
 from vigil.agent.tasks import TaskChecker, run_action
 from vigil.agent.transport import ServerLink
 from vigil.agent.watchdog import Watchdog
+from vigil.schema import jsonfast
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,8 @@ class Agent:
     def _sender(self) -> None:
         backoff = 1.0
         while not self._stop.is_set():
-            batch = self.spool.peek(self.batch_size)
-            if not batch:
+            batch = self.spool.peek_json(self.batch_size)
+            if batch is None:
                 self._wake_sender.wait(1.0)
                 self._wake_sender.clear()
                 continue
@@ -276,17 +276,22 @@ class Agent:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _send(self, batch: list[dict[str, Any]]) -> None:
-        response = self.link.post("/events", {"spool_epoch": self.spool.epoch, "events": batch})
-        last = batch[-1]["event"]["sequence"]
+    def _send(self, batch: SpooledBatch) -> None:
+        # The spooled rows are the batch's events as they are: no decoding and encoding again.
+        events = ",".join(batch.texts).encode()
+        epoch = jsonfast.dumps(self.spool.epoch)
+        body = b'{"spool_epoch":' + epoch + b',"events":[' + events + b"]}"
+        response = self.link.post_json("/events", body)
+        last = batch.last_sequence
         if response.status_code == 422:
             # A batch the server can never accept would block the spool forever: keep it aside
             # for inspection and go on.
             self.rejected_batches += 1
             rejected = self.identity.state_dir / "rejected"
             rejected.mkdir(exist_ok=True)
-            (rejected / f"batch-{last}.json").write_text(
-                json.dumps({"reason": response.text, "events": batch}, default=str)
+            reason = jsonfast.dumps(response.text)
+            (rejected / f"batch-{last}.json").write_bytes(
+                b'{"reason":' + reason + b',"events":[' + events + b"]}"
             )
             log.error("server refused batch ending at %d: %s", last, response.text)
             self.spool.ack(last)

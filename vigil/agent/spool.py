@@ -1,10 +1,12 @@
 """The on-disk spool: every event is written here before it is sent.
 
 A SQLite file in the agent's state dir holds events in arrival order; each row's id is the
-event's ``event.sequence``. The sender reads from the oldest unacknowledged row and deletes rows
-only once the server says it committed them, so an agent killed at any moment resends, and the
-server drops what it already has. The spool has a cap: past it the oldest events are dropped and
-counted, and the count goes to the server with every heartbeat.
+event's ``event.sequence``, written into the row's JSON as it is spooled, so the sender can put
+rows into a batch as they are, without decoding and encoding each event again. The sender reads
+from the oldest unacknowledged row and deletes rows only once the server says it committed them,
+so an agent killed at any moment resends, and the server drops what it already has. The spool
+has a cap: past it the oldest events are dropped and counted, and the count goes to the server
+with every heartbeat.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import sqlite3
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,16 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_EVENTS = 2_000_000
 # The spool's file in the agent's state folder.
 FILE_NAME = "spool.sqlite"
+# Spools written before rows carried their sequence in their JSON are format 1.
+FORMAT = "2"
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    """The oldest unacknowledged events as JSON texts, each with its ``event.sequence``."""
+
+    texts: list[str]
+    last_sequence: int
 
 
 class Spool:
@@ -39,6 +52,15 @@ class Spool:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._lock = threading.Lock()
         self.epoch = self._meta("epoch") or self._set_meta("epoch", uuid.uuid4().hex)
+        self._unsequenced_upto = self._upgrade()
+
+    def _upgrade(self) -> int:
+        """Up to which sequence rows lack ``event.sequence`` in their JSON (a format 1 spool)."""
+        if self._meta("format") != FORMAT:
+            newest = self._db.execute("SELECT max(seq) FROM events").fetchone()[0]
+            self._set_meta("unsequenced_upto", str(newest or 0))
+            self._set_meta("format", FORMAT)
+        return int(self._meta("unsequenced_upto") or 0)
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -49,13 +71,20 @@ class Spool:
         return value
 
     def append(self, docs: list[dict[str, Any]]) -> None:
-        """Write events durably in one transaction, dropping the oldest past the cap."""
+        """Write events durably in one transaction, dropping the oldest past the cap.
+
+        Each event gets its ``event.sequence`` (the caller's dict is updated too).
+        """
         if not docs:
             return
-        rows = [(jsonfast.dumps(doc).decode(),) for doc in docs]
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO events (doc) VALUES (?)", rows)
+            last = self._last_sequence()
+            rows = []
+            for seq, doc in enumerate(docs, start=last + 1):
+                doc.setdefault("event", {})["sequence"] = seq
+                rows.append((seq, jsonfast.dumps(doc).decode()))
+            self._db.executemany("INSERT INTO events (seq, doc) VALUES (?, ?)", rows)
             over = self._span() - self.max_events
             if over > 0:
                 over = self._count() - self.max_events  # the span was only an upper bound
@@ -71,6 +100,12 @@ class Spool:
                 )
             self._db.execute("COMMIT")
 
+    def _last_sequence(self) -> int:
+        # AUTOINCREMENT keeps the highest sequence ever used, even once its row is deleted, so
+        # a sequence is never given twice.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
 
@@ -83,16 +118,22 @@ class Spool:
 
     def peek(self, limit: int) -> list[dict[str, Any]]:
         """The oldest unacknowledged events, each with its ``event.sequence`` set."""
+        batch = self.peek_json(limit)
+        return [] if batch is None else [jsonfast.loads(text) for text in batch.texts]
+
+    def peek_json(self, limit: int) -> SpooledBatch | None:
+        """The oldest unacknowledged events as JSON texts, or None when nothing waits."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, doc FROM events ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        batch = []
-        for seq, text in rows:
-            doc = jsonfast.loads(text)
-            doc.setdefault("event", {})["sequence"] = seq
-            batch.append(doc)
-        return batch
+        if not rows:
+            return None
+        texts = [
+            _with_sequence(text, seq) if seq <= self._unsequenced_upto else text
+            for seq, text in rows
+        ]
+        return SpooledBatch(texts, rows[-1][0])
 
     def ack(self, sequence: int) -> None:
         """Forget every event up to ``sequence``: the server has committed them."""
@@ -126,9 +167,16 @@ def newest_unsent(path: Path, limit: int) -> list[dict[str, Any]]:
         ).fetchall()
     finally:
         db.close()
-    events = []
-    for seq, text in reversed(rows):
-        doc = jsonfast.loads(text)
-        doc.setdefault("event", {})["sequence"] = seq
-        events.append(doc)
-    return events
+    return [_decoded(text, seq) for seq, text in reversed(rows)]
+
+
+def _decoded(text: str, seq: int) -> dict[str, Any]:
+    """A row's event with its ``event.sequence`` (a format 1 row's JSON lacks it)."""
+    doc: dict[str, Any] = jsonfast.loads(text)
+    doc.setdefault("event", {})["sequence"] = seq
+    return doc
+
+
+def _with_sequence(text: str, seq: int) -> str:
+    """A format 1 row's JSON with its ``event.sequence`` added."""
+    return jsonfast.dumps(_decoded(text, seq)).decode()

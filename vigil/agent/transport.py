@@ -97,11 +97,12 @@ class ServerLink:
         )
 
     def post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        return self.post_json(path, jsonfast.dumps(payload))
+
+    def post_json(self, path: str, body: bytes) -> httpx.Response:
+        """POST a body that is JSON already."""
         return self._request(
-            "POST",
-            path,
-            content=jsonfast.dumps(payload),
-            headers={"content-type": "application/json"},
+            "POST", path, content=body, headers={"content-type": "application/json"}
         )
 
     def poll_tasks(self, wait: float) -> list[dict[str, Any]]:
