@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 
+from vigil.agent import memory
 from vigil.agent.errors import AgentError
 from vigil.agent.policy import Budget, Policy
 from vigil.agent.sensors import REGISTRY
@@ -107,3 +109,39 @@ def test_run_command_is_off_unless_the_policy_turns_it_on(tmp_path: Path) -> Non
     assert policy.only(["inventory"]).allow_run_command is True
     with pytest.raises(AgentError, match="takes only run_command"):
         Policy.load(write(tmp_path, "response: {shell: true}"), KNOWN)
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _fragmented_heap() -> list[bytes]:
+    # 64 MB of 2 KB blocks from the C heap, one in 64 kept: freed, but glibc cannot shrink the
+    # heap past the ones still alive, so the process keeps it resident.
+    blocks = [bytes(2048) + i.to_bytes(4, "little") for i in range(32_768)]
+    return blocks[::64] + [blocks[-1]]
+
+
+@pytest.mark.skipif(memory._MALLOC_TRIM is None, reason="no glibc malloc_trim on this system")
+def test_freed_memory_is_handed_back_before_a_sensor_is_shed(tmp_path: Path) -> None:
+    kept = _fragmented_heap()
+    held = _rss_mb()
+    memory.release_free_memory()
+    trimmed = _rss_mb()
+    assert held - trimmed > 30, (held, trimmed)
+
+    # Over the memory budget only with what is freed already: nothing is shed.
+    kept += _fragmented_heap()
+    assert _rss_mb() > (held + trimmed) / 2
+    running = sensors_by_name(tmp_path, ["inventory"])
+    watchdog = Watchdog(
+        Budget(cpu_percent=10_000, rss_mb=(held + trimmed) / 2),
+        lambda: running,
+        lambda s, r: pytest.fail(f"shed {s.name}: {r}"),
+        window=2,
+    )
+    for _ in range(2):
+        watchdog.sample()
+    assert watchdog.report()["shed"] == [] and running
+    assert float(watchdog.report()["rss_mb"]) < (held + trimmed) / 2
+    del kept

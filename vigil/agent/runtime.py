@@ -25,6 +25,7 @@ import httpx
 from vigil.agent import identity as identity_mod
 from vigil.agent import spool as spool_mod
 from vigil.agent.errors import AgentError, NotApplicable, TaskRejected
+from vigil.agent.memory import release_free_memory
 from vigil.agent.policy import Policy
 from vigil.agent.processes import ProcessTable
 from vigil.agent.respond import isolate
@@ -388,6 +389,7 @@ class Agent:
         if action_cls is not None and action_cls.long_running:
             self._report_running(body.task_id)
         status, result, message = run_action(body, self.action_context)
+        release_free_memory()
         try:
             self.link.post(
                 f"/tasks/{body.task_id}/result",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
+from vigil.agent.memory import release_free_memory
 from vigil.agent.policy import Budget
 from vigil.agent.sensors.base import NEVER_SHED, Sensor
 
@@ -85,6 +86,15 @@ class Watchdog:
         memory = self._average(self._rss)
         if cpu <= self.budget.cpu_percent and memory <= self.budget.rss_mb:
             return
+        if cpu <= self.budget.cpu_percent:
+            # Over on memory alone: first give back what is freed but still mapped, and judge
+            # again on the next sample; a sensor is shed only if the agent still holds it.
+            release_free_memory()
+            rss = self._process.memory_info().rss / 2**20
+            if rss <= self.budget.rss_mb:
+                self._rss.clear()
+                self._rss.append(rss)
+                return
         reason = (
             f"agent over budget: {cpu:.1f}% CPU (budget {self.budget.cpu_percent}%), "
             f"{memory:.0f} MB (budget {self.budget.rss_mb:.0f} MB)"
