@@ -21,6 +21,7 @@ from vigil.agent.respond.live import (
     LiveProcessesAction,
 )
 from vigil.agent.respond.suspend import ResumeAction, SuspendAction
+from vigil.cli.output import task_text as render_task
 from vigil.schema.ecs import entity_id
 
 AGENT_ID = "test-agent"
@@ -163,3 +164,31 @@ def test_file_info(context: ActionContext, tmp_path: Path) -> None:
     )
     with pytest.raises(ResponseError, match="cannot stat"):
         LiveFileInfoAction(context).run({"path": str(tmp_path / "absent")})
+
+
+def _as_task(action: str, result: dict[str, object]) -> dict[str, object]:
+    return {
+        "id": "t1", "action": action, "agent_id": AGENT_ID, "status": "done", "message": "",
+        "requested_by": "analyst", "created": "now", "reason": "", "params": {},
+        "result": result,
+    }  # fmt: skip
+
+
+def test_live_views_are_tables_for_a_person(
+    context: ActionContext, sleeper: subprocess.Popen[bytes]
+) -> None:
+    # What `vigil respond live_processes HOST` prints: a table, not one line of JSON.
+    text = render_task(_as_task("live_processes", LiveProcessesAction(context).run({})))
+    lines = text.splitlines()
+    assert lines[4].startswith("  processes: ") and "PID" in lines[5] and "COMMAND LINE" in lines[5]
+    assert any(line.split()[:2] == [str(sleeper.pid), str(os.getpid())] for line in lines)
+    assert any(line.rstrip().endswith("sleep 60") for line in lines)
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.bind(("::1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = LiveConnectionsAction(context).run({"kind": "tcp"})
+    text = render_task(_as_task("live_connections", out))
+    mine = [line for line in text.splitlines() if f"[::1]:{port} " in line]
+    assert len(mine) == 1 and "LISTEN" in mine[0] and mine[0].rstrip().endswith(str(os.getpid()))

@@ -114,7 +114,8 @@ def _tasks(result: list[dict[str, Any]]) -> str:
     )
 
 
-def _task(result: dict[str, Any]) -> str:
+def task_text(result: dict[str, Any]) -> str:
+    """A task as a person reads it: state, who asked and why, and its result."""
     if result.get("dry_run"):
         return _dry_run(result)
     message = f" ({result['message']})" if result["message"] else ""
@@ -128,9 +129,53 @@ def _task(result: dict[str, Any]) -> str:
     lines.append(f"  params:   {json.dumps(result['params'])}")
     if result["action"] == "isolate" and result.get("result"):
         lines += _isolation(result["result"])
-    if result.get("result"):
+    live_view = _LIVE_VIEWS.get(result["action"])
+    if live_view is not None and result.get("result"):
+        lines.append(live_view(result["result"]))
+    elif result.get("result"):
         lines.append(f"  result:   {json.dumps(result['result'])}")
     return "\n".join(lines)
+
+
+def _shown(rows: list[Any], total: int, what: str) -> str:
+    return f"  {what}: {len(rows)} of {total} shown (--json for every field)"
+
+
+def _live_processes(result: dict[str, Any]) -> str:
+    rows = result["processes"]
+    listing = table(
+        ["PID", "PPID", "USER", "NAME", "COMMAND LINE"],
+        [[p["pid"], p["ppid"], p["user"], p["name"], p["cmdline"]] for p in rows],
+    )
+    return _shown(rows, result["total"], "processes") + "\n" + listing
+
+
+def _endpoint(address: dict[str, Any] | None) -> str:
+    if not address:
+        return "-"
+    if "path" in address:
+        return str(address["path"]) or "-"
+    ip = str(address["ip"])
+    return f"[{ip}]:{address['port']}" if ":" in ip else f"{ip}:{address['port']}"
+
+
+def _live_connections(result: dict[str, Any]) -> str:
+    rows = result["connections"]
+    listing = table(
+        ["FAMILY", "TYPE", "LOCAL", "REMOTE", "STATUS", "PID"],
+        [
+            [c["family"], c["type"], _endpoint(c["local"]), _endpoint(c["remote"]), c["status"],
+             c["pid"]]
+            for c in rows
+        ],
+    )  # fmt: skip
+    return _shown(rows, result["total"], "connections") + "\n" + listing
+
+
+_LIVE_VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "live_processes": _live_processes,
+    "live_connections": _live_connections,
+}
 
 
 def _dry_run(result: dict[str, Any]) -> str:
@@ -310,14 +355,14 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("hosts", "list"): _hosts,
     ("hosts", "tag"): _host_tags,
     ("hosts", "untag"): _host_tags,
-    ("hosts", "isolate"): _task,
-    ("hosts", "release"): _task,
+    ("hosts", "isolate"): task_text,
+    ("hosts", "release"): task_text,
     ("alerts", "list"): _alerts,
     ("alerts", "show"): _alert,
     ("alerts", "set-status"): lambda r: f"alert {r['id']} is now {r['status']}",
     ("hunt", None): _hunt,
-    ("kill", None): _task,
-    ("respond", None): _task,
+    ("kill", None): task_text,
+    ("respond", None): task_text,
     ("intel", "import"): lambda r: (
         f"{r['source']}: {', '.join(f'{k} {v}' for k, v in r['counts'].items())}; "
         f"{r['retro_hunt_alerts']} alerts from past telemetry"
@@ -331,9 +376,9 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("playbooks", "remove"): lambda r: f"playbook {r['name']} removed",
     ("playbooks", "runs"): _playbook_runs,
     ("tasks", "list"): _tasks,
-    ("tasks", "show"): _task,
-    ("tasks", "approve"): _task,
-    ("tasks", "deny"): _task,
+    ("tasks", "show"): task_text,
+    ("tasks", "approve"): task_text,
+    ("tasks", "deny"): task_text,
     ("policy", "show"): _policy,
     ("policy", "set"): _policy,
     ("tokens", "create"): lambda r: str(r["token"]),
