@@ -98,3 +98,23 @@ def test_a_command_that_ran_a_task_exits_1_when_the_task_failed(
 ) -> None:
     args = build_parser().parse_args(argv)
     assert task_exit_code(args, {"id": "t", "status": status}) == code
+
+
+def test_the_audit_trail_from_the_cli(
+    running_server: RunningServer, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, _, _ = cli("policy", "set", "--isolate-cap-per-hour", "7")
+    assert code == 0
+    code, _, _ = cli("tokens", "create", "audit-me", "--role", "readonly")
+    assert code == 0
+
+    code, out, _ = cli("audit", "--limit", "2")
+    header, *records = out.splitlines()
+    assert code == 0 and header.split() == ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "PARAMS"]
+    # The newest two records, newest first: who did what, to what, and how it ended.
+    assert len(records) == 2
+    assert records[0].split()[1:3] == ["admin", "token.create"] and "audit-me" in records[0]
+    assert records[1].split()[1:5] == ["admin", "policy.update", "default", "ok"]
+
+    code, _, err = cli("audit", "--limit", "0")
+    assert code == 1 and "422" in err

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         "actions", parents=[common], help="the response actions, their permission and undo"
     )
 
+    audit = sub.add_parser(
+        "audit", parents=[common], help="the audit trail: who did what, to what, and how it ended"
+    )
+    audit.add_argument("--limit", type=int, default=100, help="newest N records (default 100)")
+
     evidence = sub.add_parser("evidence", parents=[common], help="collected files")
     evidence_sub = evidence.add_subparsers(dest="sub", required=True)
     evidence_sub.add_parser("list", parents=[common])
@@ -404,6 +409,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return {**meta, "saved_to": str(args.output), "saved_bytes": size}
     if command == "actions":
         return api.call("GET", "/actions")
+    if command == "audit":
+        return api.call("GET", "/audit", params={"limit": args.limit})
     if command == "respond":
         body = {
             "action": args.action,

@@ -347,7 +347,18 @@ def _evidence(result: list[dict[str, Any]]) -> str:
     )
 
 
+def _audit(result: list[dict[str, Any]]) -> str:
+    return table(
+        ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "PARAMS"],
+        [
+            [a["at"], a["actor"], a["action"], a["target"], a["outcome"], json.dumps(a["params"])]
+            for a in result
+        ],
+    )
+
+
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
+    ("audit", None): _audit,
     ("evidence", "list"): _evidence,
     ("actions", None): _actions,
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",

@@ -318,6 +318,9 @@ def hunt(
 
 @router.get("/audit")
 def audit_log(
-    analyst: Analyst = Depends(auth.analyst), ctx: ServerContext = Depends(auth.server)
+    limit: int = Query(500, ge=1, le=10_000),
+    analyst: Analyst = Depends(auth.analyst),
+    ctx: ServerContext = Depends(auth.server),
 ) -> list[dict[str, Any]]:
-    return ctx.state.audit_log(analyst.tenant_id)
+    """The tenant's audit trail, newest first."""
+    return ctx.state.audit_log(analyst.tenant_id, limit)
