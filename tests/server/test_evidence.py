@@ -140,6 +140,10 @@ def test_collect_uploads_the_file_with_its_chain_of_custody(
     assert downloaded.status_code == 200 and downloaded.content == data
     record = evidence_server.api.call("GET", f"/evidence/{result['evidence_id']}")
     assert [c["action"] for c in record["custody"]][-2:] == ["downloaded", "viewed metadata"]
+    audit = evidence_server.api.call("GET", "/audit", params={"limit": 1})
+    assert [(a["actor"], a["action"], a["target"]) for a in audit] == [
+        ("admin", "evidence.download", result["evidence_id"])
+    ]
     stored = evidence_server.config.data_dir / "evidence" / "default" / result["evidence_id"]
     assert stored.read_bytes() == data
 
@@ -258,8 +262,11 @@ def test_the_cli_downloads_evidence_to_a_file(
     sample.write_bytes(b"exfiltration list\n" * 1000)
     result = collect.run({"path": str(sample)})
     target = tmp_path / "downloaded.txt"
-    written = evidence_server.api.download(f"/evidence/{result['evidence_id']}/content", target)
+    written, sha256 = evidence_server.api.download(
+        f"/evidence/{result['evidence_id']}/content", target
+    )
     assert written == sample.stat().st_size and target.read_bytes() == sample.read_bytes()
+    assert sha256 == result["sha256"]
 
 
 def _sha256_of_members(bundle: bytes) -> tuple[dict[str, Any], dict[str, str]]:
@@ -323,9 +330,20 @@ def test_a_triage_bundle_arrives_as_evidence_with_its_sha256_and_custody(
     for name in ("VIGIL_SERVER", "VIGIL_TOKEN", "VIGIL_CA"):
         monkeypatch.delenv(name, raising=False)
     target = tmp_path / "bundle.tar.gz"
-    argv = ["evidence", "get", result["evidence_id"], "-o", str(target), "--json"]
+    argv = ["evidence", "get", result["evidence_id"], "-o", str(target)]
+    capsys.readouterr()
     assert main([*argv, "--data-dir", str(evidence_server.config.data_dir)]) == 0
     assert hashlib.sha256(target.read_bytes()).hexdigest() == record["sha256"]
+    said = capsys.readouterr().out
+    assert said.startswith(f"saved {record['size']} bytes to {target}") and "(checked)" in said
+
+    # A copy that does not hash to the evidence's sha256 is refused, loudly.
+    stored = evidence_server.config.data_dir / "evidence" / "default" / result["evidence_id"]
+    damaged = bytearray(stored.read_bytes())
+    damaged[100] ^= 0xFF
+    stored.write_bytes(damaged)
+    assert main([*argv, "--data-dir", str(evidence_server.config.data_dir)]) == 1
+    assert "is not the evidence's" in capsys.readouterr().err
 
     # `vigil evidence list` shows it as a table, with its path and the start of its hash.
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
@@ -49,9 +50,10 @@ class ApiClient:
             )
         return cls(url, token, os.environ.get("VIGIL_CA") or info.get("ca"))
 
-    def download(self, path: str, target: Path) -> int:
-        """Stream a binary response into ``target``; return how many bytes were written."""
+    def download(self, path: str, target: Path) -> tuple[int, str]:
+        """Stream a binary response into ``target``; return the bytes written and their sha256."""
         written = 0
+        digest = hashlib.sha256()
         try:
             with self._client.stream("GET", path) as response:
                 if response.status_code >= 400:
@@ -60,10 +62,11 @@ class ApiClient:
                 with target.open("wb") as handle:
                     for chunk in response.iter_bytes():
                         handle.write(chunk)
+                        digest.update(chunk)
                         written += len(chunk)
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the server: {exc}") from exc
-        return written
+        return written, digest.hexdigest()
 
     def call(
         self,

@@ -405,7 +405,12 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call("GET", "/evidence")
     if command == "evidence":
         meta = api.call("GET", f"/evidence/{args.evidence_id}")
-        size = api.download(f"/evidence/{args.evidence_id}/content", args.output)
+        size, sha256 = api.download(f"/evidence/{args.evidence_id}/content", args.output)
+        if sha256 != meta["sha256"]:
+            raise CliError(
+                f"{args.output}: sha256 {sha256} is not the evidence's {meta['sha256']}; the "
+                "copy is damaged or was changed in transit: do not use it, download it again"
+            )
         return {**meta, "saved_to": str(args.output), "saved_bytes": size}
     if command == "actions":
         return api.call("GET", "/actions")

@@ -360,6 +360,10 @@ def _audit(result: list[dict[str, Any]]) -> str:
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("audit", None): _audit,
     ("evidence", "list"): _evidence,
+    ("evidence", "get"): lambda r: (
+        f"saved {r['saved_bytes']} bytes to {r['saved_to']}: {r['original_path']} from "
+        f"{r['agent_id']}, sha256 {r['sha256']} (checked)"
+    ),
     ("actions", None): _actions,
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),

@@ -170,7 +170,7 @@ def load_intel(paths: Sequence[Path], err: TextIO) -> IntelIndex | None:
             for path in paths:
                 report = import_feed(store, path, intel_kind(path))
                 counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
-                print(f"vigil scan: intel {path}: {counts}", file=err)
+                print(f"vigil scan: intel {path}: {counts or 'no indicators in it'}", file=err)
             return store.load_index()
         finally:
             store.close()
@@ -283,8 +283,8 @@ def _rank(level: str) -> int:
     return LEVELS.index(level) if level in LEVELS else LEVELS.index("medium")
 
 
-def summary(stats: ScanStats, seconds: float) -> str:
-    """The closing summary: detections by rule and level, then the totals."""
+def summary(stats: ScanStats, seconds: float, loading: float) -> str:
+    """The closing summary: detections by rule and level, then the totals and times."""
     ordered = sorted(stats.by_rule.items(), key=lambda item: (-_rank(item[0][1]), -item[1]))
     lines = []
     if ordered:
@@ -292,8 +292,9 @@ def summary(stats: ScanStats, seconds: float) -> str:
         lines.append(table(["LEVEL", "COUNT", "RULE", "ID"], rows))
     lines.append(
         f"{stats.detections} detections from {stats.files} files, {stats.events:,} events "
-        f"in {seconds:.1f}s ({stats.warnings} record warnings, {len(stats.failed_files)} files "
-        f"failed, {stats.skipped_files} files not recognised)"
+        f"in {seconds:.1f}s after {loading:.1f}s loading rules and feeds ({stats.warnings} "
+        f"record warnings, {len(stats.failed_files)} files failed, {stats.skipped_files} files "
+        "not recognised)"
     )
     return "\n".join(lines)
 
@@ -312,6 +313,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"vigil scan: no such file or folder: {', '.join(missing)}", file=err)
         return EXIT_BAD_INPUT
 
+    loading = time.monotonic()
     rules = load_rules([builtin_rules_dir(), *args.rules], err)
     try:
         intel = load_intel([Path(p) for p in args.intel], err)
@@ -324,6 +326,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     status = EXIT_OK
     stats = ScanStats()
     started = time.monotonic()
+    loading = started - loading
     files = list(scan_files(paths))
     progress = _Progress(len(files), err)
     writer = _Writer(fmt, out)
@@ -377,7 +380,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     progress.update(len(files), stats.events, force=True)
     progress.close()
     writer.close()
-    closing = summary(stats, time.monotonic() - started)
+    closing = summary(stats, time.monotonic() - started, loading)
     print(closing, file=out if fmt == "table" else err)
     return status
 

@@ -231,7 +231,7 @@ def evidence_content(
     store.log_access(analyst.tenant_id, record["id"], f"analyst:{analyst.name}", "downloaded", {})
     ctx.state.audit(
         analyst.tenant_id,
-        f"analyst:{analyst.name}",
+        analyst.name,  # as every other audit record names its analyst
         "evidence.download",
         record["id"],
         {"sha256": record["sha256"]},
