@@ -12,7 +12,12 @@ import pytest
 
 from vigil.agent.respond import REGISTRY, ActionContext
 from vigil.agent.respond.errors import ResponseError
-from vigil.agent.respond.quarantine import QuarantineAction, RestoreAction, vault_dir
+from vigil.agent.respond.quarantine import (
+    ListQuarantineAction,
+    QuarantineAction,
+    RestoreAction,
+    vault_dir,
+)
 
 DATA = b"#!/bin/sh\necho dropper\n" * 100
 
@@ -167,3 +172,25 @@ def test_restore_refuses_a_changed_vault_copy(context: ActionContext, victim: Pa
 def test_restore_refuses_a_bad_id(context: ActionContext, bad: object) -> None:
     with pytest.raises(ResponseError, match="quarantine"):
         RestoreAction(context).run({"quarantine_id": bad})
+
+
+def test_the_vault_lists_what_it_holds_until_it_is_restored(
+    context: ActionContext, victim: Path
+) -> None:
+    listing = ListQuarantineAction(context)
+    assert listing.run({}) == {"quarantined": [], "total": 0}
+    second = victim.with_name("miner")
+    second.write_bytes(b"miner")
+
+    first_id = QuarantineAction(context).run({"path": str(victim)})["quarantine_id"]
+    second_id = QuarantineAction(context).run({"path": str(second)})["quarantine_id"]
+    held = listing.run({})
+    assert held["total"] == 2
+    assert [(e["quarantine_id"], e["path"], e["complete"]) for e in held["quarantined"]] == [
+        (first_id, str(victim), True),
+        (second_id, str(second), True),
+    ]
+    assert held["quarantined"][1]["sha256"] == hashlib.sha256(b"miner").hexdigest()
+
+    RestoreAction(context).run({"quarantine_id": first_id})
+    assert [e["quarantine_id"] for e in listing.run({})["quarantined"]] == [second_id]

@@ -337,3 +337,36 @@ class RestoreAction(Action):
                 "it was removed and the file is still in the vault"
             )
         _fsync_dir(target.parent)
+
+
+class ListQuarantineAction(Action):
+    """What the vault holds: each quarantined file with its id, original path and sha256.
+
+    Returns ``{"quarantined": [...], "total": int}``, oldest first; each entry is the file's
+    manifest (``quarantine_id``, ``path``, ``sha256``, ``size``, ``mode``, ``uid``, ``gid``,
+    ``quarantined_at``...) plus ``complete``: False when the quarantine never finished (the
+    file was not moved).
+    """
+
+    name = "list_quarantine"
+    permission = "response.live"
+    destructive = False
+
+    def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Read every manifest of the vault."""
+        vault = vault_dir(self.context.state_dir)
+        entries = []
+        for folder in sorted(vault.iterdir()) if vault.is_dir() else []:
+            if not _ID.match(folder.name):
+                continue
+            try:
+                manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("quarantine %s has no readable manifest: %s", folder.name, exc)
+                manifest = {"quarantine_id": folder.name, "path": None, "sha256": None}
+            manifest["complete"] = (
+                manifest.get("sha256") is not None and (folder / CONTENT).exists()
+            )
+            entries.append(manifest)
+        entries.sort(key=lambda entry: str(entry.get("quarantined_at") or ""))
+        return {"quarantined": entries, "total": len(entries)}
