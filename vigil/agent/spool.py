@@ -70,13 +70,16 @@ class Spool:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         return value
 
-    def append(self, docs: list[dict[str, Any]]) -> None:
+    def append(self, docs: list[dict[str, Any]]) -> list[str]:
         """Write events durably in one transaction, dropping the oldest past the cap.
 
         Each event gets its ``event.sequence`` (the caller's dict is updated too).
+
+        Returns:
+            The events' JSON as written.
         """
         if not docs:
-            return
+            return []
         with self._lock:
             self._db.execute("BEGIN")
             last = self._last_sequence()
@@ -99,6 +102,7 @@ class Spool:
                     "spool is full (%d events): dropped the %d oldest", self.max_events, over
                 )
             self._db.execute("COMMIT")
+        return [text for _seq, text in rows]
 
     def _last_sequence(self) -> int:
         # AUTOINCREMENT keeps the highest sequence ever used, even once its row is deleted, so
