@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tokens_parser(sub, common)
 
     playbooks.add_parser(sub, parents=[common])
-    scan.add_parser(sub, parents=[common])
+    scan.add_parser(sub)  # runs without a server: no --data-dir, and --format instead of --json
     rules.add_parser(sub, parents=[common])
     return parser
 

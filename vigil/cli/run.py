@@ -76,12 +76,13 @@ def server_config(data_dir: Path, listen: str, rules: list[str], names: list[str
     )
 
 
-def _signal_event() -> threading.Event:
-    """An event set by the first SIGINT or SIGTERM."""
+def _signal_event(who: str) -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM; ``who`` names the process in the log."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        # Under `vigil up` the agent's log shares the terminal: say which process stops.
+        log.info("%s received %s: stopping", who, signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -89,8 +90,8 @@ def _signal_event() -> threading.Event:
     return stop
 
 
-def _wait_for_signal() -> None:
-    stop = _signal_event()
+def _wait_for_signal(who: str) -> None:
+    stop = _signal_event(who)
     while not stop.wait(1.0):
         pass
 
@@ -122,7 +123,7 @@ def run_server(config: ServerConfig) -> None:
     print(f"Admin API token: {config.data_dir / ADMIN_TOKEN_FILE}", flush=True)
     print(f"CA fingerprint (SHA-256): {ctx.authority.ca_fingerprint}", flush=True)
     try:
-        _wait_for_signal()
+        _wait_for_signal("server")
     finally:
         _stop_server(ctx, server, thread)
 
@@ -146,7 +147,7 @@ def run_agent(
     agent = Agent(ident, options.build())
     agent.start()
     try:
-        _wait_for_signal()
+        _wait_for_signal("agent")
     finally:
         agent.stop()
 
@@ -201,7 +202,7 @@ def run_up(config: ServerConfig, options: AgentOptions) -> None:
     options.build()  # a bad policy file fails here, before anything starts
     ctx, server, thread = _start_server(config)
     agent: subprocess.Popen[bytes] | None = None
-    stop = _signal_event()
+    stop = _signal_event("vigil up")
     try:
         state_dir = config.data_dir / "agent"
         ident = identity_mod.load(state_dir)
