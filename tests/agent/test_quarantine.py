@@ -18,6 +18,7 @@ from vigil.agent.respond.quarantine import (
     RestoreAction,
     vault_dir,
 )
+from vigil.cli.output import task_text
 
 DATA = b"#!/bin/sh\necho dropper\n" * 100
 
@@ -191,6 +192,12 @@ def test_the_vault_lists_what_it_holds_until_it_is_restored(
         (second_id, str(second), True),
     ]
     assert held["quarantined"][1]["sha256"] == hashlib.sha256(b"miner").hexdigest()
+    # At a terminal, `vigil respond list_quarantine HOST` shows it as a table.
+    task = {"id": "t", "action": "list_quarantine", "agent_id": "h", "status": "done",
+            "message": "", "requested_by": "a", "created": "now", "reason": "", "params": {},
+            "result": held}  # fmt: skip
+    rows = task_text(task).splitlines()[-2:]
+    assert rows[0].split()[:2] == [first_id, str(victim)] and rows[0].endswith("yes")
 
     RestoreAction(context).run({"quarantine_id": first_id})
     assert [e["quarantine_id"] for e in listing.run({})["quarantined"]] == [second_id]

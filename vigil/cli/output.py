@@ -172,9 +172,23 @@ def _live_connections(result: dict[str, Any]) -> str:
     return _shown(rows, result["total"], "connections") + "\n" + listing
 
 
+def _vault(result: dict[str, Any]) -> str:
+    rows = result["quarantined"]
+    listing = table(
+        ["QUARANTINE ID", "PATH", "SHA256", "SIZE", "QUARANTINED AT", "COMPLETE"],
+        [
+            [q["quarantine_id"], q["path"], q["sha256"], q.get("size"), q.get("quarantined_at"),
+             "yes" if q["complete"] else "no"]
+            for q in rows
+        ],
+    )  # fmt: skip
+    return _shown(rows, result["total"], "quarantined files") + "\n" + listing
+
+
 _LIVE_VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
     "live_processes": _live_processes,
     "live_connections": _live_connections,
+    "list_quarantine": _vault,
 }
 
 
