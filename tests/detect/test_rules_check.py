@@ -98,3 +98,21 @@ def test_no_folder_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["rules", "check"])
     assert exit_info.value.code == 2
+
+
+def test_files_that_are_not_rules_are_reported_not_crashed_on(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "string.yml").write_text("just a string\n")
+    (folder / "list.yml").write_text("- a\n- b\n")
+    (folder / "empty.yml").write_text("")
+    assert main(["rules", "check", str(folder)]) == 1
+    failures = {
+        Path(line.split(":", 1)[0]).name: line.split(": ", 1)[1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(str(folder))
+    }
+    assert failures.keys() == {"string.yml", "list.yml", "empty.yml"}
+    assert failures["string.yml"].startswith("not a Sigma rule file: each YAML document must be")
+    assert failures["list.yml"] == failures["string.yml"]
+    assert failures["empty.yml"].startswith("holds no Sigma rule")

@@ -141,8 +141,24 @@ def parse_text(
         return LoadedFile(
             errors=[RuleLoadError(path, None, f"cannot parse rule file: {_message(exc)}")]
         )
+    except (AttributeError, TypeError):
+        # pySigma expects every YAML document to be a mapping and fails on anything else.
+        return LoadedFile(
+            errors=[
+                RuleLoadError(
+                    path,
+                    None,
+                    "not a Sigma rule file: each YAML document must be a mapping of rule fields "
+                    "(title, logsource, detection...), and one here is a plain value or a list",
+                )
+            ]
+        )
 
     loaded = LoadedFile()
+    if not collection.rules and not collection.errors:
+        loaded.errors.append(
+            RuleLoadError(path, None, "holds no Sigma rule (an empty file?); remove it or fill it")
+        )
     if not collection.rules:
         loaded.errors.extend(RuleLoadError(path, None, _message(e)) for e in collection.errors)
     for index, sigma_rule in enumerate(collection.rules):
