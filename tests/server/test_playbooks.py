@@ -234,6 +234,11 @@ def test_guardrails_judge_playbooks_like_a_responder(
     [run] = runs(running_server)
     assert run["status"] == "failed"
     assert "guardrail 'run_command'" in run["actions"][0]["message"]
+    # The audit trail says so as it does for an analyst, after the run's "would run" record.
+    refusal, would_run = running_server.api.call("GET", "/audit", params={"limit": 2})
+    assert (refusal["actor"], refusal["action"]) == ("playbook:shell", "task.run_command")
+    assert refusal["outcome"] == "refused: run_command" and refusal["target"] == agent.id
+    assert would_run["outcome"].startswith("would run run_command")
 
     # Isolating a critical host waits for a human's approval instead of going out.
     running_server.ctx.state.change_tags(agent.id, add=["critical"])

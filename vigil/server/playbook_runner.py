@@ -73,6 +73,20 @@ def dispatch(ctx: ServerContext, request: ActionRequest) -> dict[str, Any]:
         ctx, analyst, request.host["id"], request.action, params=request.params
     )
     if verdict.outcome == "refuse":
+        # Audited as an analyst's refused request is, dry run or not.
+        ctx.state.audit(
+            request.tenant_id,
+            request.requested_by,
+            f"task.{request.action}",
+            request.host["id"],
+            {
+                "params": request.params,
+                "mode": request.mode,
+                "guardrail": verdict.guardrail,
+                "message": verdict.message,
+            },
+            f"refused: {verdict.guardrail}",
+        )
         return {
             **outcome,
             "outcome": "refused",
