@@ -21,6 +21,7 @@ from tests.server.test_agent_protocol import process_event
 from vigil.agent import identity
 from vigil.agent.transport import ServerLink
 from vigil.cli.main import read_feed_files
+from vigil.cli.output import RENDERERS
 from vigil.server.intel_api import refresh_due
 
 INTEL = SHARED_DATA / "threat-intel"
@@ -56,6 +57,10 @@ def import_feed(server: RunningServer, path: Path, kind: str) -> dict[str, Any]:
     return result
 
 
+def shown_alert(alert: dict[str, Any]) -> str:
+    return RENDERERS[("alerts", "show")](alert)
+
+
 def intel_alerts(server: RunningServer) -> list[dict[str, Any]]:
     return [a for a in server.api.call("GET", "/alerts") if a["rule"]["id"].startswith("intel:")]
 
@@ -72,6 +77,12 @@ def test_a_connection_to_a_listed_c2_raises_an_alert(
     assert alerts[0]["intel"][0]["field"] == "destination.ip"
     assert alerts[0]["intel"][0]["source"].startswith("feodotracker")
     assert "retro_hunt" not in alerts[0]["rule"]
+
+    # `vigil alerts show` says what matched and what the event was about.
+    shown = shown_alert(running_server.api.call("GET", f"/alerts/{alerts[0]['id']}"))
+    assert "  event:    network connect" in shown
+    assert "-> 192.9.135.73:443" in shown
+    assert "  intel:    destination.ip = 192.9.135.73 matches ipv4 192.9.135.73 from feodo" in shown
 
 
 def test_new_intelligence_is_run_back_over_history(

@@ -73,6 +73,12 @@ def _alert(result: dict[str, Any]) -> str:
         ),
         f"  rule:     {result['rule']['id']}",
     ]
+    lines += _what_happened(event)
+    for hit in result.get("intel") or []:
+        lines.append(
+            f"  intel:    {hit['field']} = {hit['observed']} matches {hit['type']} "
+            f"{hit['value']} from {hit['source']} (confidence {hit['confidence']})"
+        )
     if process:
         lines += [
             f"  process:  {process.get('command_line') or process.get('executable')}",
@@ -87,6 +93,26 @@ def _alert(result: dict[str, Any]) -> str:
             text = node["command_line"] or node["executable"]
             lines.append(f"{'  ' * depth}└ [{node['pid']}] {text}  ({node['entity_id']})")
     return "\n".join(lines)
+
+
+def _what_happened(event: dict[str, Any]) -> list[str]:
+    """The event in a line or two: its kind, and the file, connection or query it was about."""
+    kind = event.get("event", {})
+    categories = ",".join(kind.get("category") or [])
+    lines = [f"  event:    {categories or '-'} {kind.get('action') or ''}".rstrip()]
+    file = event.get("file") or {}
+    if file.get("path"):
+        lines.append(f"  file:     {file['path']}")
+    source, destination = event.get("source") or {}, event.get("destination") or {}
+    if destination.get("ip"):
+        lines.append(
+            f"  network:  {source.get('ip', '?')}:{source.get('port', '?')} -> "
+            f"{destination['ip']}:{destination.get('port', '?')}"
+        )
+    question = (event.get("dns") or {}).get("question") or {}
+    if question.get("name"):
+        lines.append(f"  dns:      {question['name']}")
+    return lines
 
 
 def _hunt(result: dict[str, Any]) -> str:
