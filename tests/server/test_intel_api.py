@@ -8,6 +8,7 @@ the test and sent as an agent would send them.
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +21,15 @@ from tests.conftest import SHARED_DATA, RunningServer
 from tests.server.test_agent_protocol import process_event
 from vigil.agent import identity
 from vigil.agent.transport import ServerLink
-from vigil.cli.main import read_feed_files
+from vigil.cli.client import CliError
+from vigil.cli.main import main, read_feed_files
 from vigil.cli.output import RENDERERS
 from vigil.server.intel_api import refresh_due
 
 INTEL = SHARED_DATA / "threat-intel"
 FEODO = INTEL / "abuse.ch" / "feodotracker_ipblocklist_2024-04-04.csv"
 STIX_HASH = next(INTEL.rglob("malware-indicator-for-file-hash.json"))
+MISP_FEED = INTEL / "misp" / "misp-project-tests" / "feeds" / "misp"
 STIX_SHA256 = "ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c"
 
 
@@ -111,6 +114,10 @@ def test_an_allow_listed_value_no_longer_alerts(
     assert intel_alerts(running_server) == []
     listed = running_server.api.call("GET", "/intel/indicators")
     assert listed["allow"][0]["value"] == "192.9.135.0/24"
+    # `vigil intel list` at a terminal: counts per type, then the allow-list.
+    shown = RENDERERS[("intel", "list")](listed).splitlines()
+    assert shown[0].split() == ["TYPE", "INDICATORS"] and "allow-list:" in shown
+    assert shown[-1].split()[1] == "192.9.135.0/24"
 
 
 def test_a_feed_that_cannot_be_read_says_why(running_server: RunningServer) -> None:
@@ -122,6 +129,27 @@ def test_a_feed_that_cannot_be_read_says_why(running_server: RunningServer) -> N
         running_server.api.call(
             "POST", "/intel/import", {"kind": "list", "files": {"../etc/x": "1.2.3.4"}}
         )
+    # A STIX bundle imported as CSV: nothing reads, so the kind is questioned, and the file is
+    # named as it was sent, not by the server's temporary copy.
+    with pytest.raises(CliError, match="422") as refused:
+        import_feed(running_server, STIX_HASH, "csv")
+    message = str(refused.value)
+    assert "reads as a csv feed" in message and "is the kind right?" in message
+    assert "vigil-feed-" not in message and STIX_HASH.name in message
+    assert not any(running_server.api.call("GET", "/intel/indicators")["counts"].values())
+
+
+def test_a_misp_feed_folder_is_named_after_itself(
+    running_server: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("VIGIL_SERVER", running_server.url)
+    monkeypatch.setenv("VIGIL_CA", str(running_server.ctx.authority.ca_path))
+    token = (running_server.config.data_dir / "admin-token").read_text().strip()
+    monkeypatch.setenv("VIGIL_TOKEN", token)
+    assert main(["intel", "import", str(MISP_FEED), "--kind", "misp", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == MISP_FEED.name
 
 
 class FeedServer:

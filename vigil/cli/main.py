@@ -380,7 +380,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
     if command == "intel" and sub == "import":
         body = {
             "kind": args.kind,
-            "source": args.source,
+            # A folder (a MISP feed) is named after itself, not the server's copy of it.
+            "source": args.source or (args.path.name if args.path and args.path.is_dir() else None),
             "url": args.url,
             "files": read_feed_files(args.path) if args.path else {},
         }

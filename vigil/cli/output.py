@@ -397,7 +397,18 @@ def _audit(result: list[dict[str, Any]]) -> str:
     )
 
 
+def _intel(result: dict[str, Any]) -> str:
+    counts = sorted(result["counts"].items())
+    text = table(["TYPE", "INDICATORS"], counts) if counts else "no indicators stored"
+    allow = result["allow"]
+    if allow:
+        rows = [[a["type"], a["value"], a["reason"]] for a in allow]
+        text += "\n\nallow-list:\n" + table(["TYPE", "VALUE", "REASON"], rows)
+    return text
+
+
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
+    ("intel", "list"): _intel,
     ("audit", None): _audit,
     ("evidence", "list"): _evidence,
     ("evidence", "get"): lambda r: (

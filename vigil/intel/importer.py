@@ -79,6 +79,14 @@ def import_feed(
     if reader_class is None:
         raise FeedError(f"unknown feed kind {kind!r}; use one of {', '.join(sorted(REGISTRY))}")
     result = reader_class(source, **options).read(path_or_url)
+    invalid = [s for s in result.skipped if s.reason == "invalid"]
+    if invalid and len(invalid) == len(result.skipped) and not result.indicators:
+        # Every entry failed: far more likely the wrong kind than a feed of nothing but typos.
+        raise FeedError(
+            f"none of the {len(invalid)} entries of {result.source} reads as a {kind} feed "
+            f"(the first: {invalid[0].detail}); is the kind right? "
+            f"Kinds: {', '.join(sorted(REGISTRY))}"
+        )
     added, updated, unchanged = store.add(result.indicators)
     report = ImportReport(result.source, added, updated, unchanged, result.skipped)
     log.info("imported %s feed %s: %s", kind, result.source, report.counts())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -149,7 +150,8 @@ def import_intel(
         try:
             report = import_feed(ctx.intel, target, upload.kind, upload.source, **upload.options)
         except IntelError as exc:
-            raise HTTPException(422, str(exc)) from exc
+            # The uploaded files are named as the analyst sent them, not by the server's copy.
+            raise HTTPException(422, str(exc).replace(folder + os.sep, "")) from exc
     ctx.reload_intel()
     retro = retro_hunt_all(ctx, report.added)
     ctx.state.audit(
