@@ -48,3 +48,13 @@ def test_a_database_from_an_older_version_gains_the_new_columns(tmp_path: Path) 
     store.commit_batch("default", "agent", "e", [event(1, "/new")])
     rows = run_hunt(store, "default", 'SELECT "file.path" p FROM events ORDER BY p NULLS FIRST')
     assert [r["p"] for r in rows["rows"]] == [None, "/new"]
+
+
+def test_the_hunting_guide_lists_every_column_of_the_events_view(tmp_path: Path) -> None:
+    store = TelemetryStore(tmp_path / "t.duckdb")
+    store.commit_batch("default", "agent", "e", [event(1, "/a")])
+    columns = list(run_hunt(store, "default", "SELECT * FROM events")["rows"][0])
+    guide = (Path(__file__).parents[2] / "docs" / "hunting.md").read_text()
+    listed = guide[guide.index("The columns:") :].split(".\n\n", 1)[0]
+    assert [name for name in columns if f"`{name}`" not in listed] == []
+    assert len(columns) == listed.count("`") // 2
