@@ -174,3 +174,32 @@ def test_correlation_rules_run_over_offline_logs(
     assert titles == {"SSH brute force from one address"}  # the base rule only feeds it
     sources = {f["event"]["source"]["ip"] for f in found}
     assert {"183.62.140.253", "187.141.143.180"} <= sources
+
+
+def test_placeholders_let_rules_that_expand_them_load_and_fire(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rule = tmp_path / "padding_tools.yml"
+    rule.write_text(
+        "title: Padding tool\n"
+        "id: 0f4c2b1e-7a77-4a43-9f3e-0c1b2a3d4e5f\n"
+        "logsource: {product: linux, service: auditd}\n"
+        "detection:\n"
+        "  tool: {type: EXECVE, a0|expand: '%padding_tools%'}\n"
+        "  condition: tool\n"
+        "level: medium\n"
+    )
+    status, out, err = scan(capsys, "--rules", rule, "--format", "jsonl", ATOMIC_LINUX)
+    assert status == 0 and out == ""
+    assert "placeholder %padding_tools% has no values" in err and "--placeholders FILE" in err
+
+    values = tmp_path / "placeholders.yml"
+    values.write_text("padding_tools: [dd, truncate]\n")
+    status, out, err = scan(
+        capsys, "--rules", rule, "--placeholders", values, "--format", "jsonl", ATOMIC_LINUX
+    )
+    assert status == 0 and "not loaded" not in err
+    assert [json.loads(line)["rule"]["title"] for line in out.splitlines()] == ["Padding tool"]
+
+    status, _, err = scan(capsys, "--placeholders", tmp_path / "none.yml", ATOMIC_LINUX)
+    assert status == 2 and "cannot read placeholders file" in err

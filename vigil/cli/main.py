@@ -54,6 +54,12 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="a Sigma rule folder to load besides the built-in rules; repeatable",
     )
     parser.add_argument(
+        "--placeholders",
+        type=Path,
+        metavar="FILE",
+        help="values of the rules' %%name%% placeholders (YAML: name: [values])",
+    )
+    parser.add_argument(
         "--server-name",
         action="append",
         default=[],
@@ -324,7 +330,9 @@ def _run_long(args: argparse.Namespace) -> int:
         )
         return 0
     try:
-        config = run.server_config(data_dir, args.listen, args.rules, args.server_name)
+        config = run.server_config(
+            data_dir, args.listen, args.rules, args.server_name, args.placeholders
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if args.command == "up":

@@ -15,7 +15,7 @@ from vigil.agent import identity as identity_mod
 from vigil.agent.policy import Policy
 from vigil.agent.runtime import Agent, default_policy
 from vigil.agent.sensors import REGISTRY as SENSORS
-from vigil.detect import builtin_rules_dir
+from vigil.detect import builtin_rules_dir, load_placeholders
 from vigil.schema.tokens import make_enroll_token
 from vigil.server.app import ADMIN_TOKEN_FILE, build_server
 from vigil.server.context import ServerConfig, ServerContext
@@ -65,7 +65,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def server_config(data_dir: Path, listen: str, rules: list[str], names: list[str]) -> ServerConfig:
+def server_config(
+    data_dir: Path,
+    listen: str,
+    rules: list[str],
+    names: list[str],
+    placeholders: Path | None = None,
+) -> ServerConfig:
+    """The server's configuration from its command-line options.
+
+    Raises:
+        ValueError: ``listen`` is not ``HOST:PORT``.
+        DetectError: The placeholders file cannot be read.
+    """
     host, port = parse_listen(listen)
     return ServerConfig(
         data_dir=data_dir,
@@ -73,6 +85,7 @@ def server_config(data_dir: Path, listen: str, rules: list[str], names: list[str
         port=port,
         rule_paths=[builtin_rules_dir(), *(Path(r) for r in rules)],
         server_names=names,
+        placeholders=load_placeholders(placeholders) if placeholders else {},
     )
 
 

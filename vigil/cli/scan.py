@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from vigil.cli.output import table
-from vigil.detect import CorrelationHit, RuleSet, builtin_rules_dir
+from vigil.detect import CorrelationHit, DetectError, RuleSet, builtin_rules_dir, load_placeholders
 from vigil.intel import IntelError, IntelHit, IntelIndex, IntelStore, import_feed, intel_alert
 from vigil.logsources.base import Event, reader_for
 from vigil.logsources.errors import LogSourceError, NoReader
@@ -71,6 +71,12 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         default=[],
         metavar="DIR",
         help="a Sigma rule file or folder to load besides the built-in rules; repeatable",
+    )
+    scan.add_argument(
+        "--placeholders",
+        type=Path,
+        metavar="FILE",
+        help="values of the rules' %%name%% placeholders (YAML: name: [values])",
     )
     scan.add_argument(
         "--intel",
@@ -192,9 +198,11 @@ def detection(rule: Finding, event: Event) -> dict[str, Any]:
     return found
 
 
-def load_rules(paths: Sequence[str | Path], err: TextIO) -> RuleSet:
+def load_rules(
+    paths: Sequence[str | Path], err: TextIO, placeholders: dict[str, list[str]] | None = None
+) -> RuleSet:
     """Load the rules and correlations, reporting each rule that does not load once on ``err``."""
-    rules = RuleSet.from_paths(list(paths))
+    rules = RuleSet.from_paths(list(paths), placeholders=placeholders)
     for error in rules.errors:
         print(f"vigil scan: rule not loaded: {error}", file=err)
     return rules
@@ -314,7 +322,12 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_BAD_INPUT
 
     loading = time.monotonic()
-    rules = load_rules([builtin_rules_dir(), *args.rules], err)
+    try:
+        placeholders = load_placeholders(args.placeholders) if args.placeholders else {}
+    except DetectError as exc:
+        print(f"vigil scan: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    rules = load_rules([builtin_rules_dir(), *args.rules], err, placeholders)
     try:
         intel = load_intel([Path(p) for p in args.intel], err)
     except IntelError as exc:

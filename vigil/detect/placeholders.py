@@ -36,8 +36,8 @@ class UnresolvedPlaceholder(DetectError):
         """Build the message that names the placeholder and how to give it values."""
         super().__init__(
             f"placeholder %{name}% has no values; list them under '{name}' in a placeholders "
-            f"YAML file (vigil rules check --placeholders FILE) or pass "
-            f"RuleSet.from_paths(..., placeholders={{'{name}': [...]}})"
+            f"YAML file and give it with --placeholders FILE (vigil up, server, scan and rules "
+            f"check take it)"
         )
         self.name = name
 

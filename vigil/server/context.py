@@ -27,6 +27,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     rule_paths: list[Path] = field(default_factory=list)
+    # Values of the rules' %name% placeholders (``field|expand``).
+    placeholders: dict[str, list[str]] = field(default_factory=dict)
     server_names: list[str] = field(default_factory=list)
     # Seconds without a heartbeat before an agent counts as silent (agents beat every 10 s).
     heartbeat_timeout: float = 60.0
@@ -92,7 +94,7 @@ class ServerContext:
     def open(cls, config: ServerConfig) -> ServerContext:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         authority = pki.load_or_create(config.data_dir / "pki")
-        rules = RuleSet.from_paths(config.rule_paths)
+        rules = RuleSet.from_paths(config.rule_paths, placeholders=config.placeholders)
         for error in rules.errors:
             log.warning("rule not loaded: %s: %s", error.path, error.message)
         log.info("loaded %d rules (%d could not be loaded)", len(rules.rules), len(rules.errors))
