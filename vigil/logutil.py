@@ -6,10 +6,13 @@ import logging
 import os
 
 
-def configure(level: str | None = None) -> None:
-    """Send log lines to stderr with time, logger name and level; VIGIL_LOG sets the level."""
+def configure(default: str | None = None) -> None:
+    """Send log lines to stderr with time, logger name and level.
+
+    The level is VIGIL_LOG if set, else ``default``, else INFO.
+    """
     logging.basicConfig(
-        level=(level or os.environ.get("VIGIL_LOG", "INFO")).upper(),
+        level=(os.environ.get("VIGIL_LOG") or default or "INFO").upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     # One line per agent request would drown what matters; failures are logged by the caller.

@@ -521,7 +521,9 @@ def _wait_for_task(api: ApiClient, task: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logutil.configure()
+    # Servers and agents log what they do; scan and rules check print every problem themselves,
+    # so their log would only say it twice. VIGIL_LOG overrides either.
+    logutil.configure(None if args.command in ("up", "server", "agent") else "error")
     try:
         if args.command in ("up", "server", "agent"):
             return _run_long(args)
