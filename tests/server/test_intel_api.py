@@ -118,6 +118,24 @@ def test_an_allow_listed_value_no_longer_alerts(
     shown = RENDERERS[("intel", "list")](listed).splitlines()
     assert shown[0].split() == ["TYPE", "INDICATORS"] and "allow-list:" in shown
     assert shown[-1].split()[1] == "192.9.135.0/24"
+    source = next(iter(listed["sources"]))
+    assert source.startswith("feodotracker") and listed["sources"][source] == 28
+
+    # A mistake is undone: off the allow-list, the range alerts again.
+    running_server.api.call("POST", "/intel/disallow", {"value": "192.9.135.0/24"})
+    send(link, connection(2, "192.9.135.73"))
+    assert len(intel_alerts(running_server)) == 1
+    with pytest.raises(CliError, match="404.*not on the allow-list"):
+        running_server.api.call("POST", "/intel/disallow", {"value": "192.9.135.0/24"})
+
+    # And a feed is dropped whole: nothing from it alerts any more.
+    dropped = running_server.api.call("DELETE", f"/intel/sources/{source}")
+    assert dropped == {"source": source, "removed": 28}
+    send(link, connection(3, "192.9.135.73"))
+    assert len(intel_alerts(running_server)) == 1
+    assert running_server.api.call("GET", "/intel/indicators")["sources"] == {}
+    audit = running_server.api.call("GET", "/audit", params={"limit": 2})
+    assert [a["action"] for a in audit] == ["intel.remove", "intel.disallow"]
 
 
 def test_a_feed_that_cannot_be_read_says_why(running_server: RunningServer) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from vigil import logutil
 from vigil.cli import output, playbooks, rules, scan
@@ -281,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     intel_allow.add_argument("value")
     intel_allow.add_argument("--kind", help="needed for file names and registry keys")
     intel_allow.add_argument("--reason", default="")
+    intel_disallow = intel_sub.add_parser(
+        "disallow", parents=[common], help="take a value off the allow-list"
+    )
+    intel_disallow.add_argument("value")
+    intel_disallow.add_argument("--kind", help="as given to allow (file names, registry keys)")
+    intel_remove = intel_sub.add_parser(
+        "remove", parents=[common], help="drop every indicator of one feed"
+    )
+    intel_remove.add_argument("source", help="the feed's name, as vigil intel list shows it")
 
     tasks = sub.add_parser("tasks", parents=[common], help="response tasks and their outcome")
     tasks_sub = tasks.add_subparsers(dest="sub", required=True)
@@ -406,6 +416,10 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call("POST", "/intel/subscriptions", body)
     if command == "intel" and sub == "subscriptions":
         return api.call("GET", "/intel/subscriptions")
+    if command == "intel" and sub == "disallow":
+        return api.call("POST", "/intel/disallow", {"value": args.value, "kind": args.kind})
+    if command == "intel" and sub == "remove":
+        return api.call("DELETE", f"/intel/sources/{quote(args.source, safe='')}")
     if command == "intel":
         return api.call(
             "POST", "/intel/allow", {"value": args.value, "kind": args.kind, "reason": args.reason}

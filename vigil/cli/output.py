@@ -400,6 +400,9 @@ def _audit(result: list[dict[str, Any]]) -> str:
 def _intel(result: dict[str, Any]) -> str:
     counts = sorted(result["counts"].items())
     text = table(["TYPE", "INDICATORS"], counts) if counts else "no indicators stored"
+    sources = sorted(result.get("sources", {}).items())
+    if sources:
+        text += "\n\n" + table(["FEED", "INDICATORS"], sources)
     allow = result["allow"]
     if allow:
         rows = [[a["type"], a["value"], a["reason"]] for a in allow]
@@ -409,6 +412,8 @@ def _intel(result: dict[str, Any]) -> str:
 
 RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("intel", "list"): _intel,
+    ("intel", "disallow"): lambda r: f"{r['removed']} is off the allow-list: it alerts again",
+    ("intel", "remove"): lambda r: f"removed {r['removed']} indicators of feed {r['source']}",
     ("audit", None): _audit,
     ("evidence", "list"): _evidence,
     ("evidence", "get"): lambda r: (

@@ -199,6 +199,12 @@ class IntelStore:
             rows = self._db.execute("SELECT type, count(*) FROM indicators GROUP BY type")
             return {kind: n for kind, n in rows}
 
+    def count_by_source(self) -> dict[str, int]:
+        """How many indicators each feed holds."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, count(*) FROM indicators GROUP BY source")
+            return {source: n for source, n in rows}
+
     def allow(
         self, value: str, kind: IndicatorType | str | None = None, reason: str = ""
     ) -> AllowEntry:

@@ -179,6 +179,7 @@ def indicators(
     """How many indicators are stored, per type, and the allow-list."""
     return {
         "counts": ctx.intel.count(),
+        "sources": ctx.intel.count_by_source(),
         "allow": [
             {"type": str(e.type), "value": e.value, "reason": e.reason}
             for e in ctx.intel.allow_list()
@@ -230,3 +231,47 @@ def allow(
         "ok",
     )
     return {"type": str(entry.type), "value": entry.value, "reason": entry.reason}
+
+
+class DisallowRequest(BaseModel):
+    value: str = Field(min_length=1, max_length=2000)
+    kind: str | None = None
+
+
+@router.post("/disallow")
+def disallow(
+    request: DisallowRequest,
+    analyst: Analyst = Depends(auth.intel_writer),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Take a value off the allow-list: it alerts again from now on."""
+    try:
+        removed = ctx.intel.disallow(request.value, request.kind)
+    except IntelError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    if not removed:
+        raise HTTPException(
+            404, f"{request.value!r} is not on the allow-list; see vigil intel list"
+        )
+    ctx.reload_intel()
+    ctx.state.audit(analyst.tenant_id, analyst.name, "intel.disallow", request.value, {}, "ok")
+    return {"removed": request.value}
+
+
+@router.delete("/sources/{source}")
+def remove_source(
+    source: str,
+    analyst: Analyst = Depends(auth.intel_writer),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Drop every indicator of one feed; its alerts already raised stay."""
+    removed = ctx.intel.remove_source(source)
+    if not removed:
+        raise HTTPException(
+            404, f"no indicators from a feed named {source!r}; see vigil intel list"
+        )
+    ctx.reload_intel()
+    ctx.state.audit(
+        analyst.tenant_id, analyst.name, "intel.remove", source, {"indicators": removed}, "ok"
+    )
+    return {"source": source, "removed": removed}
