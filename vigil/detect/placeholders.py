@@ -37,7 +37,7 @@ class UnresolvedPlaceholder(DetectError):
         super().__init__(
             f"placeholder %{name}% has no values; list them under '{name}' in a placeholders "
             f"YAML file and give it with --placeholders FILE (vigil up, server, scan and rules "
-            f"check take it)"
+            f"check take it), or in code RuleSet.from_paths(..., placeholders={{'{name}': [...]}})"
         )
         self.name = name
 
