@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.server.guardrail_helpers import enroll_host
+from vigil.cli.client import CliError
 from vigil.cli.main import build_parser, main, task_exit_code
 
 
@@ -117,4 +118,7 @@ def test_the_audit_trail_from_the_cli(
     assert records[1].split()[1:5] == ["admin", "policy.update", "default", "ok"]
 
     code, _, err = cli("audit", "--limit", "0")
-    assert code == 1 and "422" in err
+    assert code == 1 and "422" in err and "greater than or equal to 1" in err
+    assert "nothing was stored" not in err  # a refused read stores nothing to begin with
+    with pytest.raises(CliError, match="422.*invalid request: .*; nothing was stored"):
+        running_server.api.call("POST", "/intel/allow", {"value": ""})

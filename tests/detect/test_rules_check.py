@@ -116,3 +116,16 @@ def test_files_that_are_not_rules_are_reported_not_crashed_on(
     assert failures["string.yml"].startswith("not a Sigma rule file: each YAML document must be")
     assert failures["list.yml"] == failures["string.yml"]
     assert failures["empty.yml"].startswith("holds no Sigma rule")
+
+
+def test_messages_point_at_the_mistake(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    typo = {"selection": {"Image|contians": "/curl"}, "condition": "selection"}
+    (folder / "typo.yml").write_text(rule_text(typo, id="6d1c2b3a-0000-4000-8000-000000000002"))
+    (folder / "quote.yml").write_text('title: "unclosed\nid: x\n')
+    assert main(["rules", "check", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "Unknown modifier 'contians'; did you mean 'contains'?" in out
+    assert (
+        "quote.yml: cannot parse rule file: YAML error at line 3, column 1: found unexpected end "
+        "of stream (while scanning a quoted scalar at line 1, column 8)"
+    ) in out

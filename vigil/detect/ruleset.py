@@ -7,7 +7,9 @@ those only against the rules whose literal needs it fulfils (see :mod:`vigil.det
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRuleLocation
+from sigma.modifiers import modifier_mapping
 from sigma.rule import SigmaRule
 
 import vigil
@@ -63,9 +66,30 @@ def rule_files(paths: Sequence[str | Path]) -> Iterator[Path]:
 
 def _message(exc: BaseException) -> str:
     # pySigma appends " in <path>" to its messages; the path is already in RuleLoadError.
-    if isinstance(exc, SigmaError) and exc.args:
-        return str(exc.args[0])
-    return str(exc)
+    text = str(exc.args[0]) if isinstance(exc, SigmaError) and exc.args else str(exc)
+    unknown = _UNKNOWN_MODIFIER.search(text)
+    if unknown is not None:
+        text += _modifier_hint(unknown.group(1))
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        # PyYAML's own text spans lines and quotes the parser's buffer; one line says it all.
+        mark = exc.problem_mark
+        text = f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+        if exc.context:
+            start = exc.context_mark
+            where = f" at line {start.line + 1}, column {start.column + 1}" if start else ""
+            text += f" ({exc.context}{where})"
+    return text
+
+
+_UNKNOWN_MODIFIER = re.compile(r"Unknown modifier '([^']*)'")
+
+
+def _modifier_hint(name: str) -> str:
+    known = sorted(modifier_mapping)
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; Sigma's modifiers are {', '.join(known)}"
 
 
 def load_file(

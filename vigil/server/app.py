@@ -84,10 +84,10 @@ def create_app(ctx: ServerContext) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         message = _validation_message(exc)
         log.warning("refused %s %s: %s", request.method, request.url.path, message)
-        return JSONResponse(
-            status_code=422,
-            content={"detail": f"invalid request: {message}; nothing was stored"},
-        )
+        # A refused read changes nothing, so only a refused write says so.
+        tail = "" if request.method in ("GET", "HEAD") else "; nothing was stored"
+        detail = f"invalid request: {message}{tail}"
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(RequestRefused)
     async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
