@@ -97,6 +97,17 @@ def test_intel_feeds_match_offline(capsys: pytest.CaptureFixture[str], tmp_path:
     hits = [h for h in hits if h["rule"]["id"].startswith("intel:")]
     assert hits and all(h["rule"]["id"] == "intel:ipv4:192.168.2.6" for h in hits)
     assert "intel " in err and "added 1" in err
+    # Each says which field held which value, and which feed named it.
+    first = hits[0]["intel"][0]
+    assert (first["observed"], first["value"], first["source"]) == ("192.168.2.6",) * 2 + (
+        "c2.txt",
+    )
+    assert first["field"] in ("destination.ip", "source.ip")
+
+    # In a table, the value the feed named is what the row is about.
+    status, out, _ = scan(capsys, "--intel", feed, "--format", "csv", LOG4SHELL)
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rule.id"].startswith("intel:")]
+    assert rows and {r["what"] for r in rows} == {"192.168.2.6"}
 
 
 def test_an_unreadable_intel_feed_is_bad_input(

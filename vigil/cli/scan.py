@@ -138,11 +138,14 @@ class IntelFinding:
     level: str
     attack_techniques: tuple[str, ...] = ()
     attack_tactics: tuple[str, ...] = ()
+    # Each hit: the event field, the value seen there, and the indicator with its feed.
+    hits: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def of(cls, hits: Sequence[IntelHit], event: Event) -> IntelFinding:
-        rule = intel_alert(hits, dict(event), str(event.get("host.name") or ""))["rule"]
-        return cls(rule["id"], rule["title"], rule["level"])
+        alert = intel_alert(hits, dict(event), str(event.get("host.name") or ""))
+        rule = alert["rule"]
+        return cls(rule["id"], rule["title"], rule["level"], hits=tuple(alert["intel"]))
 
 
 def correlation_findings(hits: Sequence[CorrelationHit]) -> list[tuple[Finding, Event]]:
@@ -193,6 +196,8 @@ def detection(rule: Finding, event: Event) -> dict[str, Any]:
     }
     if "@timestamp" in event:
         found["@timestamp"] = event["@timestamp"]
+    if isinstance(rule, IntelFinding):
+        found["intel"] = list(rule.hits)
     found["event"] = unflatten(event)
     found["log"] = {"file": {"path": event.get("log.file.path")}}
     return found
@@ -264,7 +269,10 @@ class _Writer:
             line = json.dumps(detection(rule, event), ensure_ascii=False, default=str)
             self.out.write(line + "\n")
             return
-        what = next((event[key] for key in _WHAT if event.get(key) not in (None, "")), "")
+        if isinstance(rule, IntelFinding) and rule.hits:
+            what = rule.hits[0]["observed"]  # the value the feed named, not the command line
+        else:
+            what = next((event[key] for key in _WHAT if event.get(key) not in (None, "")), "")
         row = [
             event.get("@timestamp", ""),
             rule.level,
