@@ -116,6 +116,12 @@ def enroll(
 ) -> Identity:
     """Enroll with a server and save the identity; raise AgentError saying what went wrong."""
     secret, token_fingerprint = parse_enroll_token(token)
+    if not (ca_fingerprint or token_fingerprint):
+        raise AgentError(
+            "this enrollment token carries no CA fingerprint, so the server cannot be checked: "
+            "pass the whole token 'vigil enroll-token create' printed (vgl1.SECRET.FINGERPRINT), "
+            "or give --ca-fingerprint"
+        )
     pinned = normalize_fingerprint(ca_fingerprint or token_fingerprint or "")
     server_url = server_url.rstrip("/")
     state_dir.mkdir(parents=True, exist_ok=True)

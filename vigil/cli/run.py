@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vigil.agent import identity as identity_mod
+from vigil.agent.errors import AgentError
 from vigil.agent.policy import Policy
 from vigil.agent.runtime import Agent, default_policy
 from vigil.agent.sensors import REGISTRY as SENSORS
+from vigil.agent.statelock import hold_state_dir
 from vigil.detect import builtin_rules_dir, load_placeholders
 from vigil.schema.tokens import make_enroll_token
 from vigil.server.app import ADMIN_TOKEN_FILE, build_server
@@ -37,9 +39,20 @@ class AgentOptions:
     quiet_paths: list[str] = field(default_factory=list)
 
     def build(self) -> Policy:
-        """The policy these options describe; raise AgentError for a bad policy file."""
+        """The policy these options describe.
+
+        Raises:
+            AgentError: The policy file is bad, or a ``--sensor`` names no sensor (a typo would
+                leave the agent running blind).
+        """
         policy = Policy.load(self.policy, sorted(SENSORS)) if self.policy else default_policy()
         if self.sensors:
+            unknown = [name for name in self.sensors if name not in SENSORS]
+            if unknown:
+                raise AgentError(
+                    f"no sensor named {', '.join(map(repr, unknown))}; known sensors: "
+                    f"{', '.join(sorted(SENSORS))}"
+                )
             policy = policy.only(self.sensors)
         policy.private_paths = (*policy.private_paths, *self.quiet_paths)
         if self.quiet_paths and "file_fanotify" in policy.sensors:
@@ -148,21 +161,45 @@ def run_agent(
     fingerprint: str | None,
     options: AgentOptions,
 ) -> None:
-    """``vigil agent run``: enroll on first run, then watch and report until stopped."""
+    """``vigil agent run``: enroll on first run, then watch and report until stopped.
+
+    The options are checked before enrolling, so a mistake in them registers no host.
+    """
+    policy = options.build()
+    with hold_state_dir(state_dir):
+        ident = _enrolled(state_dir, server_url, token, fingerprint)
+        agent = Agent(ident, policy)
+        agent.start()
+        try:
+            _wait_for_signal("agent")
+        finally:
+            agent.stop()
+
+
+def _enrolled(
+    state_dir: Path, server_url: str | None, token: str | None, fingerprint: str | None
+) -> identity_mod.Identity:
+    """The agent's identity: the one in ``state_dir``, or a new one from enrolling."""
     ident = identity_mod.load(state_dir)
-    if ident is None:
-        if not server_url or not token:
-            raise SystemExit(
-                f"this agent is not enrolled ({state_dir} has no identity): pass --server URL "
-                "and --enroll-token TOKEN (from 'vigil enroll-token create')"
+    if ident is not None:
+        if token:
+            log.warning(
+                "%s is enrolled already (agent %s): --enroll-token is not used",
+                state_dir,
+                ident.agent_id,
             )
-        ident = identity_mod.enroll(state_dir, server_url, token, fingerprint)
-    agent = Agent(ident, options.build())
-    agent.start()
-    try:
-        _wait_for_signal("agent")
-    finally:
-        agent.stop()
+        return ident
+    missing = [
+        option
+        for option, value in (("--server URL", server_url), ("--enroll-token TOKEN", token))
+        if not value
+    ]
+    if missing or server_url is None or token is None:
+        raise AgentError(
+            f"this agent is not enrolled ({state_dir} has no identity): pass "
+            f"{' and '.join(missing)} (the token from 'vigil enroll-token create')"
+        )
+    return identity_mod.enroll(state_dir, server_url, token, fingerprint)
 
 
 def _spawn_agent(state_dir: Path, options: AgentOptions) -> subprocess.Popen[bytes]:

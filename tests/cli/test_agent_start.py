@@ -1,0 +1,72 @@
+"""``vigil agent run`` refuses a bad start before it enrolls, and one folder runs one agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningServer
+from vigil.agent import identity
+from vigil.agent.statelock import hold_state_dir
+from vigil.cli.main import main
+
+
+def agent_run(state: Path, server: RunningServer, token: str, *extra: str) -> list[str]:
+    return [
+        "agent", "run", "--state-dir", str(state), "--server", server.url,
+        "--enroll-token", token, *extra,
+    ]  # fmt: skip
+
+
+def test_a_mistyped_sensor_or_policy_is_refused_before_anything_enrolls(
+    running_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = running_server.api.call("POST", "/enroll-tokens", {"uses": 1})["token"]
+    state = tmp_path / "agent"
+
+    assert main(agent_run(state, running_server, token, "--sensor", "process_pol")) == 1
+    assert "no sensor named 'process_pol'; known sensors: " in capsys.readouterr().err
+    policy = tmp_path / "policy.yml"
+    policy.write_text("sensors: {proces_poll: {}}\n")
+    assert main(agent_run(state, running_server, token, "--policy", str(policy))) == 1
+    assert "no sensor 'proces_poll'" in capsys.readouterr().err
+
+    # No host was registered, and the single-use token is still good.
+    assert running_server.api.call("GET", "/hosts") == []
+    assert identity.enroll(state, running_server.url, token).agent_id
+
+
+def test_a_second_agent_on_the_same_state_folder_is_refused(
+    running_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "agent"
+    with hold_state_dir(state):  # stands for an agent already running with this folder
+        argv = agent_run(state, running_server, running_server.enroll_token())
+        assert main([*argv, "--sensor", "inventory"]) == 1
+    err = capsys.readouterr().err
+    assert "another agent (pid " in err and "give this agent a folder of its own" in err
+    assert running_server.api.call("GET", "/hosts") == []
+
+    # Once the first lets go (however it ended), the folder is free again.
+    with hold_state_dir(state):
+        pass
+
+
+def test_an_unenrolled_agent_is_told_exactly_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["agent", "run", "--state-dir", str(tmp_path / "a"), "--enroll-token", "t"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "pass --server URL (the token from" in err and "--enroll-token TOKEN" not in err
+
+
+def test_a_token_without_its_fingerprint_says_to_pass_the_whole_token(
+    running_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_only = running_server.enroll_token().split(".")[1]
+    argv = agent_run(tmp_path / "a", running_server, secret_only, "--sensor", "inventory")
+    assert main(argv) == 1
+    assert "pass the whole token 'vigil enroll-token create' printed" in capsys.readouterr().err
+    assert running_server.api.call("GET", "/hosts") == []
