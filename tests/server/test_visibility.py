@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import RunningServer
 from vigil.agent import identity
 from vigil.agent.transport import ServerLink
+from vigil.cli.output import RENDERERS
 from vigil.server.visibility import flag_silent_agents
 
 
@@ -101,3 +102,8 @@ def test_a_clean_stop_is_said_in_the_silence_alert(
     alerts = running_server.api.call("GET", "/alerts")
     assert [a["rule"]["id"] for a in alerts] == ["vigil-visibility-heartbeat-missing"]
     assert alerts[0]["event"]["vigil"]["visibility"]["said_it_was_stopping"] is True
+    # `vigil alerts show` says so too, and draws no empty process tree.
+    shown = RENDERERS[("alerts", "show")](
+        running_server.api.call("GET", f"/alerts/{alerts[0]['id']}")
+    )
+    assert "said_it_was_stopping True" in shown and "Process tree" not in shown

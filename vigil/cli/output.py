@@ -86,7 +86,8 @@ def _alert(result: dict[str, Any]) -> str:
             f"  user:     {user.get('name')} ({user.get('id')})",
             f"  cwd:      {process.get('working_directory')}",
         ]
-    tree = result.get("process_tree") or []
+    # An alert about no process (a host that went silent) has no tree worth drawing.
+    tree = [node for node in result.get("process_tree") or [] if node.get("pid") is not None]
     if tree:
         lines.append("Process tree (oldest known ancestor first):")
         for depth, node in enumerate(tree):
@@ -112,6 +113,10 @@ def _what_happened(event: dict[str, Any]) -> list[str]:
     question = (event.get("dns") or {}).get("question") or {}
     if question.get("name"):
         lines.append(f"  dns:      {question['name']}")
+    visibility = (event.get("vigil") or {}).get("visibility") or {}
+    if visibility:
+        facts = ", ".join(f"{key} {value}" for key, value in visibility.items())
+        lines.append(f"  seen:     {facts}")
     return lines
 
 
