@@ -8,7 +8,9 @@ import pytest
 
 from tests.conftest import RunningServer
 from vigil.agent import identity
+from vigil.agent.errors import AgentError
 from vigil.agent.statelock import hold_state_dir
+from vigil.cli.client import CliError
 from vigil.cli.main import main
 
 
@@ -70,3 +72,23 @@ def test_a_token_without_its_fingerprint_says_to_pass_the_whole_token(
     assert main(argv) == 1
     assert "pass the whole token 'vigil enroll-token create' printed" in capsys.readouterr().err
     assert running_server.api.call("GET", "/hosts") == []
+
+
+def test_enrollment_tokens_are_listed_and_revoked(
+    running_server: RunningServer, tmp_path: Path
+) -> None:
+    made = running_server.api.call("POST", "/enroll-tokens", {"uses": 3, "ttl_seconds": 600})
+    listed = running_server.api.call("GET", "/enroll-tokens")
+    mine = [t for t in listed if t["id"] == made["id"]]
+    assert len(mine) == 1 and mine[0]["uses_left"] == 3 and mine[0]["usable"] is True
+    assert made["token"].split(".")[1] not in str(listed)  # the secret is never shown again
+
+    assert running_server.api.call("DELETE", f"/enroll-tokens/{made['id']}") == {
+        "revoked": made["id"]
+    }
+    with pytest.raises(AgentError, match="enrollment refused"):
+        identity.enroll(tmp_path / "a", running_server.url, made["token"])
+    with pytest.raises(CliError, match="404.*no enrollment token"):
+        running_server.api.call("DELETE", f"/enroll-tokens/{made['id']}")
+    audit = running_server.api.call("GET", "/audit", params={"limit": 1})
+    assert (audit[0]["action"], audit[0]["target"]) == ("enroll_token.revoke", made["id"])

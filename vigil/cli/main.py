@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", parents=[common], help="print a new token")
     create.add_argument("--ttl", type=float, default=7 * 24 * 3600, help="lifetime in seconds")
     create.add_argument("--uses", type=int, default=100, help="how many agents may use it")
+    token_sub.add_parser("list", parents=[common], help="the tenant's tokens (never their secret)")
+    revoke = token_sub.add_parser("revoke", parents=[common], help="make a token unusable")
+    revoke.add_argument("token_id", help="the id 'vigil enroll-token list' shows")
 
     sub.add_parser("status", parents=[common], help="exit 0 once the server is ready")
 
@@ -357,6 +360,10 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
     command, sub = args.command, getattr(args, "sub", None)
     if command == "status":
         return api.call("GET", "/status")
+    if command == "enroll-token" and sub == "list":
+        return api.call("GET", "/enroll-tokens")
+    if command == "enroll-token" and sub == "revoke":
+        return api.call("DELETE", f"/enroll-tokens/{quote(args.token_id, safe='')}")
     if command == "enroll-token":
         return api.call("POST", "/enroll-tokens", {"ttl_seconds": args.ttl, "uses": args.uses})
     if command == "hosts" and sub == "list":

@@ -428,6 +428,11 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ("actions", None): _actions,
     ("status", None): lambda r: f"server ready: {r['rules']} rules loaded",
     ("enroll-token", "create"): lambda r: str(r["token"]),
+    ("enroll-token", "list"): lambda r: table(
+        ["ID", "CREATED", "EXPIRES", "USES LEFT", "USABLE"],
+        [[t["id"], t["created"], t["expires"], t["uses_left"], t["usable"]] for t in r],
+    ),
+    ("enroll-token", "revoke"): lambda r: f"enrollment token {r['revoked']} revoked",
     ("hosts", "list"): _hosts,
     ("hosts", "tag"): _host_tags,
     ("hosts", "untag"): _host_tags,

@@ -20,6 +20,7 @@ from vigil.server import auth
 from vigil.server.auth import Analyst
 from vigil.server.context import ServerContext
 from vigil.server.tasks import expire_due, queue_task
+from vigil.store.state import ENROLL_TOKEN_ID_LENGTH, token_hash
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,33 @@ def create_enroll_token(
     )
     return {
         "token": make_enroll_token(secret, ctx.authority.ca_fingerprint),
+        "id": token_hash(secret)[:ENROLL_TOKEN_ID_LENGTH],
         "ca_fingerprint": ctx.authority.ca_fingerprint,
         "server": ctx.config.url,
     }
+
+
+@router.get("/enroll-tokens")
+def list_enroll_tokens(
+    analyst: Analyst = Depends(auth.enroller), ctx: ServerContext = Depends(auth.server)
+) -> list[dict[str, Any]]:
+    """The tenant's enrollment tokens: id, created, expires, uses left (never the secret)."""
+    return ctx.state.enroll_tokens(analyst.tenant_id)
+
+
+@router.delete("/enroll-tokens/{token_id}")
+def revoke_enroll_token(
+    token_id: str,
+    analyst: Analyst = Depends(auth.enroller),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Revoke an enrollment token: no agent can enroll with it any more."""
+    if not ctx.state.revoke_enroll_token(analyst.tenant_id, token_id):
+        raise HTTPException(
+            404, f"no enrollment token {token_id!r} in this tenant; see vigil enroll-token list"
+        )
+    ctx.state.audit(analyst.tenant_id, analyst.name, "enroll_token.revoke", token_id, {}, "ok")
+    return {"revoked": token_id}
 
 
 def _host(row: dict[str, Any]) -> dict[str, Any]:

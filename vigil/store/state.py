@@ -68,6 +68,11 @@ CREATE INDEX IF NOT EXISTS playbook_runs_by_time ON playbook_runs (tenant_id, at
 """
 
 
+# An enrollment token is named by this many hex digits of its hash: enough to tell tokens apart,
+# useless for guessing the secret.
+ENROLL_TOKEN_ID_LENGTH = 12
+
+
 def token_hash(token: str) -> str:
     """Tokens are stored only as their SHA-256."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -165,6 +170,37 @@ class StateStore:
             (token_hash(secret), tenant_id, now, now + ttl, uses),
         )
         return secret
+
+    def enroll_tokens(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The tenant's enrollment tokens, by id (the start of their hash; the secret is gone)."""
+        rows = self._all(
+            "SELECT token_hash, created, expires, uses_left FROM enroll_tokens "
+            "WHERE tenant_id = ? ORDER BY created",
+            (tenant_id,),
+        )
+        now = time.time()
+        return [
+            {
+                "id": row["token_hash"][:ENROLL_TOKEN_ID_LENGTH],
+                "created": iso_epoch(row["created"]),
+                "expires": iso_epoch(row["expires"]),
+                "uses_left": row["uses_left"],
+                "usable": row["expires"] >= now and row["uses_left"] > 0,
+            }
+            for row in rows
+        ]
+
+    def revoke_enroll_token(self, tenant_id: str, token_id: str) -> int:
+        """Delete the tenant's enrollment token with this id; returns how many went (0 or 1)."""
+        if len(token_id) != ENROLL_TOKEN_ID_LENGTH or not all(
+            c in "0123456789abcdef" for c in token_id
+        ):
+            return 0
+        cursor = self._exec(
+            "DELETE FROM enroll_tokens WHERE tenant_id = ? AND substr(token_hash, 1, ?) = ?",
+            (tenant_id, ENROLL_TOKEN_ID_LENGTH, token_id),
+        )
+        return cursor.rowcount
 
     def redeem_enroll_secret(self, secret: str) -> str | None:
         """Use up one enrollment of a secret; return its tenant, or None when it is not valid."""
