@@ -107,3 +107,4 @@ def test_a_clean_stop_is_said_in_the_silence_alert(
         running_server.api.call("GET", f"/alerts/{alerts[0]['id']}")
     )
     assert "said_it_was_stopping True" in shown and "Process tree" not in shown
+    assert alerts[0]["event"]["vigil"]["visibility"]["last_seen"].endswith("Z")  # ISO 8601

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from vigil.cases.visibility import HEARTBEAT_MISSING, heartbeat_changes, visibility_alert
+from vigil.schema.ecs import iso_epoch
 from vigil.server.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def flag_silent_agents(ctx: ServerContext) -> int:
     for agent in silent:
         last = json.loads(agent.get("health") or "{}")
         details = {
-            "last_seen": agent["last_seen"],
+            "last_seen": iso_epoch(agent["last_seen"]),
             "said_it_was_stopping": bool(last.get("stopping")),
             "timeout_seconds": ctx.config.heartbeat_timeout,
         }
