@@ -86,8 +86,11 @@ def test_enrollment_tokens_are_listed_and_revoked(
     assert running_server.api.call("DELETE", f"/enroll-tokens/{made['id']}") == {
         "revoked": made["id"]
     }
-    with pytest.raises(AgentError, match="enrollment refused"):
+    with pytest.raises(AgentError) as refused:
         identity.enroll(tmp_path / "a", running_server.url, made["token"])
+    assert str(refused.value) == (
+        "enrollment refused (403): enrollment token unknown, used up or expired; create a new one"
+    )
     with pytest.raises(CliError, match="404.*no enrollment token"):
         running_server.api.call("DELETE", f"/enroll-tokens/{made['id']}")
     audit = running_server.api.call("GET", "/audit", params={"limit": 1})

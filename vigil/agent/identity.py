@@ -154,7 +154,11 @@ def enroll(
                 },
             )
     if response.status_code != 200:
-        raise AgentError(f"enrollment refused ({response.status_code}): {response.text}")
+        try:
+            reason = response.json()["detail"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text
+        raise AgentError(f"enrollment refused ({response.status_code}): {reason}")
     answer = response.json()
 
     key_path = state_dir / "agent.key"

@@ -43,6 +43,8 @@ def enroll(request: EnrollRequest, ctx: ServerContext = Depends(auth.server)) ->
     """Join an agent: redeem the enrollment secret and sign the agent's certificate request."""
     tenant_id = ctx.state.redeem_enroll_secret(request.token)
     if tenant_id is None:
+        # No tenant is known for a bad token, so this goes to the server's log, not an audit trail.
+        log.warning("refused to enroll host %r: bad enrollment token", request.hostname)
         raise HTTPException(403, "enrollment token unknown, used up or expired; create a new one")
     agent_id = ctx.state.add_agent(
         tenant_id, request.host_id, request.hostname, request.os, request.agent_version
