@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningServer
+from tests.server.test_agent_protocol import process_event
 from vigil.agent import identity
 from vigil.agent.errors import AgentError
 from vigil.agent.statelock import hold_state_dir
+from vigil.agent.transport import ServerLink
 from vigil.cli.client import CliError
 from vigil.cli.main import main
 
@@ -95,3 +97,28 @@ def test_enrollment_tokens_are_listed_and_revoked(
         running_server.api.call("DELETE", f"/enroll-tokens/{made['id']}")
     audit = running_server.api.call("GET", "/audit", params={"limit": 1})
     assert (audit[0]["action"], audit[0]["target"]) == ("enroll_token.revoke", made["id"])
+
+
+def test_a_removed_host_is_refused_and_its_telemetry_stays(
+    running_server: RunningServer, tmp_path: Path
+) -> None:
+    enrolled = identity.enroll(tmp_path / "a", running_server.url, running_server.enroll_token())
+    link = ServerLink(enrolled)
+    event = process_event(1, "/usr/bin/id", executable="/usr/bin/id")
+    assert link.post("/events", {"spool_epoch": "e", "events": [event]}).status_code == 200
+
+    with pytest.raises(CliError, match="422"):  # a reason is required
+        running_server.api.call("POST", f"/hosts/{enrolled.agent_id}/remove", {})
+    removed = running_server.api.call(
+        "POST", f"/hosts/{enrolled.agent_id}/remove", {"reason": "decommissioned"}
+    )
+    assert removed["removed"] == enrolled.agent_id
+    assert running_server.api.call("GET", "/hosts") == []
+    # Its certificate no longer gets in; what it sent before is still there to hunt.
+    refused = link.post("/heartbeat", {"health": {}})
+    assert refused.status_code == 403 and "not enrolled here" in refused.text
+    link.close()
+    rows = running_server.api.call("POST", "/hunt", {"sql": 'SELECT "host.id" h FROM events'})
+    assert [r["h"] for r in rows["rows"]] == [enrolled.agent_id]
+    [audit] = [a for a in running_server.api.call("GET", "/audit") if a["action"] == "host.remove"]
+    assert (audit["target"], audit["params"]["reason"]) == (enrolled.agent_id, "decommissioned")

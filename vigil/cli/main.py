@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     isolate.add_argument("host_id")
     isolate.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     _wait_option(isolate)
+    remove = hosts_sub.add_parser(
+        "remove", parents=[common], help="unenroll a host (its telemetry and alerts stay)"
+    )
+    remove.add_argument("host_id")
+    remove.add_argument("--reason", required=True, help="why (kept in the audit trail)")
     release = hosts_sub.add_parser("release", parents=[common], help="undo isolate")
     release.add_argument("host_id")
     release.add_argument("--reason", default="")
@@ -366,6 +371,8 @@ def _api_call(args: argparse.Namespace, api: ApiClient) -> Any:
         return api.call("DELETE", f"/enroll-tokens/{quote(args.token_id, safe='')}")
     if command == "enroll-token":
         return api.call("POST", "/enroll-tokens", {"ttl_seconds": args.ttl, "uses": args.uses})
+    if command == "hosts" and sub == "remove":
+        return api.call("POST", f"/hosts/{args.host_id}/remove", {"reason": args.reason})
     if command == "hosts" and sub == "list":
         return api.call("GET", "/hosts")
     if command == "hosts" and sub == "tag":

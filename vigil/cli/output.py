@@ -434,6 +434,10 @@ RENDERERS: dict[tuple[str, str | None], Callable[[Any], str]] = {
     ),
     ("enroll-token", "revoke"): lambda r: f"enrollment token {r['revoked']} revoked",
     ("hosts", "list"): _hosts,
+    ("hosts", "remove"): lambda r: (
+        f"host {r['removed']} ({r['name']}) removed: its agent is refused from now on; its "
+        "telemetry and alerts stay"
+    ),
     ("hosts", "tag"): _host_tags,
     ("hosts", "untag"): _host_tags,
     ("hosts", "isolate"): task_text,

@@ -32,6 +32,10 @@ class EnrollTokenRequest(BaseModel):
     uses: int = Field(default=100, ge=1, le=100_000)
 
 
+class RemoveHostRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class HuntRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000)
 
@@ -142,6 +146,27 @@ def host(
     ctx: ServerContext = Depends(auth.server),
 ) -> dict[str, Any]:
     return _host(_tenant_host(ctx, analyst, host_id))
+
+
+@router.post("/hosts/{host_id}/remove")
+def remove_host(
+    host_id: str,
+    request: RemoveHostRequest,
+    analyst: Analyst = Depends(auth.enroller),
+    ctx: ServerContext = Depends(auth.server),
+) -> dict[str, Any]:
+    """Unenroll a host (decommissioned, or a start that went wrong); its telemetry stays."""
+    row = _tenant_host(ctx, analyst, host_id)
+    ctx.state.audit(
+        analyst.tenant_id,
+        analyst.name,
+        "host.remove",
+        host_id,
+        {"hostname": row["hostname"], "reason": request.reason},
+        "ok",
+    )
+    ctx.state.remove_agent(host_id)
+    return {"removed": host_id, "name": row["hostname"]}
 
 
 @router.post("/hosts/{host_id}/isolate")

@@ -231,6 +231,11 @@ class StateStore:
     def agent(self, agent_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM agents WHERE id = ?", (agent_id,))
 
+    def remove_agent(self, agent_id: str) -> bool:
+        """Forget an enrolled agent: its certificate is refused from now on; telemetry stays."""
+        cursor = self._exec("DELETE FROM agents WHERE id = ?", (agent_id,))
+        return cursor.rowcount > 0
+
     def agents(self, tenant_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM agents WHERE tenant_id = ? ORDER BY enrolled", (tenant_id,))
 
