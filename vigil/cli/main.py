@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hosts = sub.add_parser("hosts", parents=[common], help="enrolled hosts")
     hosts_sub = hosts.add_subparsers(dest="sub", required=True)
-    hosts_sub.add_parser("list", parents=[common])
+    hosts_sub.add_parser("list", parents=[common], help="hosts, their tags and last contact")
     for verb, text in (("tag", "add tags, e.g. critical"), ("untag", "remove tags")):
         tagging = hosts_sub.add_parser(verb, parents=[common], help=text)
         tagging.add_argument("host_id")
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     alerts = sub.add_parser("alerts", parents=[common], help="alerts raised by detection")
     alerts_sub = alerts.add_subparsers(dest="sub", required=True)
-    alerts_list = alerts_sub.add_parser("list", parents=[common])
+    alerts_list = alerts_sub.add_parser("list", parents=[common], help="alerts, newest first")
     alerts_list.add_argument("--status", choices=ALERT_STATUSES)
     alerts_list.add_argument(
         "--level",
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evidence = sub.add_parser("evidence", parents=[common], help="collected files")
     evidence_sub = evidence.add_subparsers(dest="sub", required=True)
-    evidence_sub.add_parser("list", parents=[common])
+    evidence_sub.add_parser("list", parents=[common], help="collected files and triage bundles")
     evidence_get = evidence_sub.add_parser(
         "get", parents=[common], help="download a collected file or triage bundle"
     )
