@@ -54,12 +54,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a Sigma rule folder to load besides the built-in rules; repeatable",
     )
-    parser.add_argument(
-        "--placeholders",
-        type=Path,
-        metavar="FILE",
-        help="values of the rules' %%name%% placeholders (YAML: name: [values])",
-    )
+    rules.add_placeholders_option(parser)
     parser.add_argument(
         "--server-name",
         action="append",

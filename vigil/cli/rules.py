@@ -50,7 +50,12 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         ),
     )
     check.add_argument("paths", nargs="+", type=Path, metavar="DIR", help="rule folder or file")
-    check.add_argument(
+    add_placeholders_option(check)
+
+
+def add_placeholders_option(parser: argparse.ArgumentParser) -> None:
+    """``--placeholders FILE``, for every command that loads rules."""
+    parser.add_argument(
         "--placeholders",
         type=Path,
         metavar="FILE",
@@ -132,8 +137,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         print(f"vigil rules check: no such file or folder: {', '.join(missing)}", file=err)
         return EXIT_BAD_ARGUMENTS
     try:
-        placeholders = load_placeholders(args.placeholders) if args.placeholders else {}
-        report = check(args.paths, placeholders)
+        report = check(args.paths, load_placeholders(args.placeholders))
     except DetectError as exc:
         print(f"vigil rules check: {exc}", file=err)
         return EXIT_BAD_ARGUMENTS

@@ -98,7 +98,7 @@ def server_config(
         port=port,
         rule_paths=[builtin_rules_dir(), *(Path(r) for r in rules)],
         server_names=names,
-        placeholders=load_placeholders(placeholders) if placeholders else {},
+        placeholders=load_placeholders(placeholders),
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from vigil.cli.output import table
+from vigil.cli.rules import add_placeholders_option
 from vigil.detect import CorrelationHit, DetectError, RuleSet, builtin_rules_dir, load_placeholders
 from vigil.intel import IntelError, IntelHit, IntelIndex, IntelStore, import_feed, intel_alert
 from vigil.logsources.base import Event, reader_for
@@ -72,12 +73,7 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         metavar="DIR",
         help="a Sigma rule file or folder to load besides the built-in rules; repeatable",
     )
-    scan.add_argument(
-        "--placeholders",
-        type=Path,
-        metavar="FILE",
-        help="values of the rules' %%name%% placeholders (YAML: name: [values])",
-    )
+    add_placeholders_option(scan)
     scan.add_argument(
         "--intel",
         action="append",
@@ -331,7 +327,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     loading = time.monotonic()
     try:
-        placeholders = load_placeholders(args.placeholders) if args.placeholders else {}
+        placeholders = load_placeholders(args.placeholders)
     except DetectError as exc:
         print(f"vigil scan: {exc}", file=err)
         return EXIT_BAD_INPUT

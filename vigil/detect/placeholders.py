@@ -42,12 +42,16 @@ class UnresolvedPlaceholder(DetectError):
         self.name = name
 
 
-def load_placeholders(path: str | Path) -> dict[str, list[str]]:
+def load_placeholders(path: str | Path | None) -> dict[str, list[str]]:
     """Read placeholder values from a YAML mapping of name to a value or a list of values.
+
+    No file (None) means no placeholders.
 
     Raises:
         DetectError: The file cannot be read or is not such a mapping.
     """
+    if path is None:
+        return {}
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
