@@ -160,9 +160,9 @@ def task_text(result: dict[str, Any]) -> str:
     lines.append(f"  params:   {json.dumps(result['params'])}")
     if result["action"] == "isolate" and result.get("result"):
         lines += _isolation(result["result"])
-    live_view = _LIVE_VIEWS.get(result["action"])
-    if live_view is not None and result.get("result"):
-        lines.append(live_view(result["result"]))
+    as_table = _RESULT_TABLES.get(result["action"])
+    if as_table is not None and result.get("result"):
+        lines.append(as_table(result["result"]))
     elif result.get("result"):
         lines.append(f"  result:   {json.dumps(result['result'])}")
     return "\n".join(lines)
@@ -186,8 +186,7 @@ def _endpoint(address: dict[str, Any] | None) -> str:
         return "-"
     if "path" in address:
         return str(address["path"]) or "-"
-    ip = str(address["ip"])
-    return f"[{ip}]:{address['port']}" if ":" in ip else f"{ip}:{address['port']}"
+    return _host_port(str(address["ip"]), address["port"])
 
 
 def _live_connections(result: dict[str, Any]) -> str:
@@ -216,7 +215,8 @@ def _vault(result: dict[str, Any]) -> str:
     return _shown(rows, result["total"], "quarantined files") + "\n" + listing
 
 
-_LIVE_VIEWS: dict[str, Callable[[dict[str, Any]], str]] = {
+# Actions whose result reads best as a table at a terminal.
+_RESULT_TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "live_processes": _live_processes,
     "live_connections": _live_connections,
     "list_quarantine": _vault,
