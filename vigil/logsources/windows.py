@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 from xml.etree import ElementTree
 
 from vigil.logsources.base import Event, utc_timestamp
@@ -165,7 +165,7 @@ _LOGONS = {4624: "success", 4625: "failure"}
 
 # A raw field whose name is an ECS namespace (or dotted) would break the nested form of the
 # event; such names are kept under winlog.event_data instead.
-_RESERVED = frozenset(
+RESERVED_NAMES = frozenset(
     (
         "process", "file", "source", "destination", "network", "dns", "dll", "registry", "user",
         "host", "event", "log", "winlog", "vigil", "agent", "ecs", "related", "message",
@@ -179,6 +179,78 @@ def service_of(channel: str | None) -> str | None:
         return None
     lowered = channel.lower()
     return SERVICES.get(lowered, lowered)
+
+
+class Profile(NamedTuple):
+    """What every record of one channel and event id gets, worked out once.
+
+    A tuple so that the native EVTX reader can read it: the ECS copies to make from the record's
+    fields, the fixed fields (scalars, then lists copied per event), and a step that looks at
+    the record's own fields where the event id alone does not say enough.
+    """
+
+    copies: dict[str, str]
+    scalars: tuple[tuple[str, Any], ...]
+    lists: tuple[tuple[str, tuple[str, ...]], ...]
+    finish: Callable[[Event], None] | None
+
+
+# (channel, event id) -> Profile, per os type. Bounded: a hostile file may invent channels.
+_PROFILES: dict[str, dict[tuple[str | None, int | None], Profile]] = {"windows": {}, "linux": {}}
+_MAX_PROFILES = 4096
+
+
+def profile_cache(os_type: str = "windows") -> dict[tuple[str | None, int | None], Profile]:
+    """The profiles made so far for one os type, by (channel, event id)."""
+    return _PROFILES.setdefault(os_type, {})
+
+
+def profile_for(channel: str | None, event_id: int | None, os_type: str = "windows") -> Profile:
+    """The profile of a channel and event id, from the cache or made now."""
+    cache = profile_cache(os_type)
+    key = (channel, event_id)
+    profile = cache.get(key)
+    if profile is None:
+        profile = _make_profile(channel, event_id, os_type)
+        if len(cache) < _MAX_PROFILES:
+            cache[key] = profile
+    return profile
+
+
+def _make_profile(channel: str | None, event_id: int | None, os_type: str) -> Profile:
+    service = service_of(channel)
+    copies = _SECURITY_4688 if service == "security" and event_id == 4688 else _ECS_COPIES
+    scalars: list[tuple[str, Any]] = [("host.os.type", os_type), ("event.kind", "event")]
+    if event_id is not None:
+        scalars += [("EventID", event_id), ("event.code", str(event_id))]
+        scalars.append(("winlog.event_id", event_id))
+    if channel is not None:
+        scalars += [("Channel", channel), ("winlog.channel", channel)]
+    if service is not None:
+        scalars.append(("event.module", service))
+    lists: list[tuple[str, tuple[str, ...]]] = []
+    finish: Callable[[Event], None] | None = None
+    sigma: tuple[str, ...] = ()
+    if service == "sysmon" and event_id is not None:
+        known = _SYSMON.get(event_id)
+        if known is not None:
+            sigma, categories, types = known
+            lists += [("event.category", categories), ("event.type", types)]
+        elif event_id == 12:
+            finish = _registry_key_event
+        if event_id == 3:
+            finish = _network_direction  # Sysmon writes Initiated in its network events only
+    elif service is not None and event_id is not None:
+        sigma = _OTHER.get((service, event_id), ())
+        if sigma == ("process_creation",):
+            lists += [("event.category", ("process",)), ("event.type", ("start",))]
+        elif service == "security" and event_id in _LOGONS:
+            lists += [("event.category", ("authentication",)), ("event.type", ("start",))]
+            scalars.append(("event.outcome", _LOGONS[event_id]))
+            copies = {**copies, "TargetUserName": "user.name", "IpAddress": "source.ip"}
+    if sigma:
+        lists.append(("vigil.sigma.category", sigma))
+    return Profile(copies, tuple(scalars), tuple(lists), finish)
 
 
 def windows_event(
@@ -195,6 +267,9 @@ def windows_event(
 ) -> Event:
     """One Windows (or Sysmon for Linux) record as a flat ECS event for Sigma.
 
+    The native EVTX reader (``_evtxflat.c``) builds the same event, key for key and in the same
+    order; a test holds the two together.
+
     Args:
         data: The record's EventData/UserData fields by name; None values become ``""``.
         event_id: The event id (``System/EventID``).
@@ -209,14 +284,14 @@ def windows_event(
     Returns:
         The flat event; see the module docstring for its fields.
     """
-    service = service_of(channel)
-    copies = _SECURITY_4688 if service == "security" and event_id == 4688 else _ECS_COPIES
+    profile = profile_for(channel, event_id, os_type)
+    copies = profile.copies
     event: Event = {}
     ecs: Event = {}
     for name, value in data.items():
         if value is None:
             value = ""
-        if name in _RESERVED or "." in name:
+        if name in RESERVED_NAMES or "." in name:
             event[f"winlog.event_data.{name}"] = value
         else:
             event[name] = value
@@ -228,15 +303,6 @@ def windows_event(
     event["log.file.path"] = path
     if timestamp is not None:
         event["@timestamp"] = timestamp
-    event["host.os.type"] = os_type
-    event["event.kind"] = "event"
-    if event_id is not None:
-        event["EventID"] = event_id
-        event["event.code"] = str(event_id)
-        event["winlog.event_id"] = event_id
-    if channel is not None:
-        event["Channel"] = channel
-        event["winlog.channel"] = channel
     if provider is not None:
         event["Provider_Name"] = provider
         event["event.provider"] = provider
@@ -246,53 +312,28 @@ def windows_event(
         event["host.name"] = computer
     if record_id is not None:
         event["winlog.record_id"] = record_id
-
-    if service is not None:
-        event["event.module"] = service
-    _classify(event, service, event_id, data)
+    event.update(profile.scalars)
+    for key, items in profile.lists:
+        event[key] = list(items)
+    if profile.finish is not None:
+        profile.finish(event)
     return event
 
 
-def _classify(
-    event: Event, service: str | None, event_id: int | None, data: Mapping[str, Any]
-) -> None:
-    """Set the ECS category and type, and the Sigma categories."""
-    sigma: tuple[str, ...] = ()
-    if service == "sysmon" and event_id is not None:
-        known = _SYSMON.get(event_id)
-        if known is not None:
-            sigma, categories, types = known
-            event["event.category"] = list(categories)
-            event["event.type"] = list(types)
-        elif event_id == 12:
-            sigma, kind = _registry_key_event(data)
-            event["event.category"] = ["registry"]
-            event["event.type"] = [kind]
-        if "Initiated" in data:
-            initiated = str(data["Initiated"]).lower() == "true"
-            event["network.direction"] = "egress" if initiated else "ingress"
-    elif service is not None and event_id is not None:
-        sigma = _OTHER.get((service, event_id), ())
-        if sigma == ("process_creation",):
-            event["event.category"] = ["process"]
-            event["event.type"] = ["start"]
-        elif service == "security" and event_id in _LOGONS:
-            event["event.category"] = ["authentication"]
-            event["event.type"] = ["start"]
-            event["event.outcome"] = _LOGONS[event_id]
-            for name, copy in (("TargetUserName", "user.name"), ("IpAddress", "source.ip")):
-                if name in data:
-                    event[copy] = "" if data[name] is None else data[name]
-    if sigma:
-        event["vigil.sigma.category"] = list(sigma)
-
-
-def _registry_key_event(data: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+def _registry_key_event(event: Event) -> None:
     # Sysmon 12 is both "key or value created" and "key or value deleted": EventType tells.
-    kind = str(data.get("EventType", "")).lower()
-    if kind.startswith("delete"):
-        return ("registry_delete", "registry_event"), "deletion"
-    return ("registry_add", "registry_event"), "creation"
+    kind = str(event.get("EventType", "")).lower()
+    deleted = kind.startswith("delete")
+    event["event.category"] = ["registry"]
+    event["event.type"] = ["deletion" if deleted else "creation"]
+    added_or_deleted = "registry_delete" if deleted else "registry_add"
+    event["vigil.sigma.category"] = [added_or_deleted, "registry_event"]
+
+
+def _network_direction(event: Event) -> None:
+    if "Initiated" in event:
+        initiated = str(event["Initiated"]).lower() == "true"
+        event["network.direction"] = "egress" if initiated else "ingress"
 
 
 def from_evtx_json(document: Mapping[str, Any], path: str) -> Event:

@@ -1,0 +1,159 @@
+"""The native EVTX flattener makes exactly the event the Python route makes, or hands over.
+
+Every record of every shared ``.evtx`` file goes both ways and must come out key for key, in
+the same order. Damaged text (cut short, bytes changed) must never crash it nor give an event
+the Python route would not give: it returns None and the Python route decides.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+from evtx import PyEvtxParser
+
+from tests.logsources.data import DATA, needs_data
+from vigil.logsources import evtxlog
+from vigil.logsources._evtxflat import flatten  # not skipped when missing: the install builds it
+from vigil.logsources.evtxlog import EvtxReader
+from vigil.logsources.windows import (
+    RESERVED_NAMES,
+    from_evtx_json,
+    profile_cache,
+    profile_for,
+)
+
+
+def native(text: str) -> dict[str, object] | None:
+    return flatten(text, "f.evtx", profile_cache(), profile_for, RESERVED_NAMES)
+
+
+def python_route(text: str) -> dict[str, object] | None:
+    try:
+        return from_evtx_json(orjson.loads(text), "f.evtx")
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def record_texts(limit_files: int | None = None) -> list[str]:
+    files = sorted(DATA.rglob("*.evtx"))[:limit_files]
+    return [record["data"] for path in files for record in PyEvtxParser(str(path)).records_json()]
+
+
+def assert_same_or_handed_over(text: str) -> bool:
+    event = native(text)
+    if event is None:
+        return False
+    expected = python_route(text)
+    assert expected is not None, f"native accepted what the Python route refuses: {text!r}"
+    assert list(event.items()) == list(expected.items())
+    return True
+
+
+@needs_data
+def test_every_shared_record_gives_the_python_event_key_for_key() -> None:
+    texts = record_texts()
+    handed_over = 0
+    for text in texts:
+        event = native(text)
+        if event is None:
+            handed_over += 1
+            continue
+        expected = python_route(text)
+        assert expected is not None
+        assert list(event.items()) == list(expected.items())
+    assert len(texts) > 6000
+    # Only UserData records (19 of them) take the Python route.
+    assert handed_over < len(texts) * 0.01
+
+
+def test_shapes_the_python_route_owns_are_handed_over() -> None:
+    base = (
+        '{"Event":{"System":{"EventID":1,"Channel":"Microsoft-Windows-Sysmon/Operational",'
+        '"TimeCreated":{"#attributes":{"SystemTime":"%s"}}},%s}}'
+    )
+    plain = base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"Image":"C:\\\\a.exe"}')
+    assert native(plain) == python_route(plain)
+    limits = base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"U":18446744073709551615,'
+                     '"I":-9223372036854775808}')  # fmt: skip
+    assert native(limits) == python_route(limits)
+    assert (native(limits) or {})["U"] == 2**64 - 1
+    for text in (
+        base % ("2024-01-02T03:04:05.000000Z", '"UserData":{"X":{"A":"b"}}'),
+        base % ("2024-01-02 03:04:05+02:00", '"EventData":{"Image":"a"}'),  # needs a parse
+        base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"Ratio":0.5}'),  # a float
+        base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"N":18446744073709551616}'),
+        base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"N":-9223372036854775809}'),
+        base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"Image":{"#text":{"x":1}}}'),
+        base % ("2024-01-02T03:04:05.000000Z", '"EventData":{"Image":"\\ud800"}'),
+    ):
+        assert native(text) is None
+
+
+def test_values_keep_their_json_types_and_null_becomes_empty() -> None:
+    text = (
+        '{"Event":{"System":{"EventID":{"#attributes":{"Qualifiers":0},"#text":7036},'
+        '"Channel":null,"Computer":"pc","EventRecordID":123456789012345678},'
+        '"EventData":{"Pid":-42,"Flag":true,"Empty":null,"Data":{"#text":["a",null,1]},'
+        '"event":"hidden","a.b":"dotted","Quoted":"say \\"hi\\" \\u00e9\\ud83d\\ude00"}}}'
+    )
+    event = native(text)
+    assert event is not None
+    assert list(event.items()) == list((python_route(text) or {}).items())
+    assert event["Pid"] == -42 and event["Flag"] is True and event["Empty"] == ""
+    assert event["Data"] == ["a", None, 1]
+    assert event["winlog.event_data.event"] == "hidden"
+    assert event["winlog.event_data.a.b"] == "dotted"
+    assert event["Quoted"] == 'say "hi" \u00e9\U0001f600'
+    assert event["winlog.record_id"] == 123456789012345678
+    assert event["EventID"] == 7036 and "Channel" not in event
+
+
+def test_lists_in_events_are_not_shared_between_events() -> None:
+    text = (
+        '{"Event":{"System":{"EventID":1,"Channel":"Microsoft-Windows-Sysmon/Operational"},'
+        '"EventData":{"Image":"a"}}}'
+    )
+    first, second = native(text), native(text)
+    assert first is not None and second is not None
+    first["event.category"].append("changed")  # type: ignore[attr-defined]
+    assert second["event.category"] == ["process"]
+
+
+@needs_data
+def test_damaged_text_never_crashes_nor_invents_an_event() -> None:
+    rng = random.Random(20261204)
+    texts = record_texts(limit_files=25)
+    for text in texts[:10]:
+        for end in range(len(text)):
+            assert_same_or_handed_over(text[:end])
+    alphabet = '{}[]",:\\u0123456789abcdefnulltrue -.eE#\x00\x1f\u00e9'
+    accepted = 0
+    for _ in range(20000):
+        chars = list(rng.choice(texts))
+        for _ in range(rng.randrange(1, 4)):
+            where = rng.randrange(len(chars))
+            change = rng.randrange(3)
+            if change == 0:
+                chars[where] = rng.choice(alphabet)
+            elif change == 1:
+                del chars[where]
+            else:
+                chars.insert(where, rng.choice(alphabet))
+        accepted += assert_same_or_handed_over("".join(chars))
+    assert accepted > 1000  # most changes land in values the event keeps or skips
+
+
+@needs_data
+def test_reader_gives_the_same_events_without_the_native_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = DATA / "evtx-attack-samples"
+    files = sorted(path.rglob("*.evtx"))[:20]
+    with_native = [event for file in files for event in EvtxReader().read(file)]
+    monkeypatch.setattr(evtxlog, "flatten", None)
+    without = [event for file in files for event in EvtxReader().read(Path(file))]
+    assert with_native == without
+    assert len(with_native) > 100
