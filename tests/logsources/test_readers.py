@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,49 @@ def test_corrupt_evtx_names_the_file_and_what_to_do(tmp_path: Path) -> None:
     path.write_bytes(b"ElfFile\x00" + b"\xff" * 64)
     reader = reader_for(path)
     with pytest.raises(CorruptFile, match=r"broken\.evtx.*export the log again"):
+        list(reader.read(path))
+
+
+def _panache() -> bytes:
+    # 122 records in 4 chunks, the first holding records 1..38.
+    return one("evtx-attack-samples/**/panache_sysmon_vs_EDRTestingScript.evtx").read_bytes()
+
+
+@needs_data
+def test_evtx_copy_cut_short_is_noted_with_its_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "cut.evtx"
+    path.write_bytes(_panache()[:70000])
+    reader = reader_for(path)
+    events = list(reader.read(path))
+    assert len(events) == 38 and not reader.warnings
+    assert reader.notes == [
+        "the file is cut short: its header counts 4 chunks (266,240 bytes) but it has 70,000 "
+        "bytes, so the records past that point are missing; copy the log again"
+    ]
+    whole = tmp_path / "whole.evtx"
+    whole.write_bytes(_panache())
+    whole_reader = reader_for(whole)
+    assert len(list(whole_reader.read(whole))) == 122 and not whole_reader.notes
+
+
+@needs_data
+def test_evtx_damaged_chunk_counts_every_record_it_held(tmp_path: Path) -> None:
+    data = bytearray(_panache())
+    data[4096 + 600 : 4096 + 2600] = random.Random(1).randbytes(2000)
+    path = tmp_path / "damaged.evtx"
+    path.write_bytes(bytes(data))
+    reader = reader_for(path)
+    events = list(reader.read(path))
+    assert len(events) == 84
+    assert reader.warnings == {"evtx_record": 38} and reader.records == 122
+
+
+@needs_data
+def test_evtx_with_no_readable_record_is_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.evtx"
+    path.write_bytes(_panache()[:4096] + random.Random(2).randbytes(65536))
+    reader = reader_for(path)
+    with pytest.raises(CorruptFile, match=r"junk\.evtx: no record could be read \(.*chunk"):
         list(reader.read(path))
 
 

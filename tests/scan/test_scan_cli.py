@@ -44,7 +44,7 @@ def test_jsonl_detection_carries_rule_attack_time_event_and_file(
     assert found["event"]["type"] == "EXECVE"
     assert found["log"]["file"]["path"].endswith(".log") and "sh_binary_padding_dd" in line
     # The summary goes to stderr when stdout carries JSON lines.
-    assert "Binary Padding - Linux" in err and "1 detections from 2 files" in err
+    assert "Binary Padding - Linux" in err and "1 detection from 2 files" in err
 
 
 def test_csv_and_min_level(capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +214,21 @@ def test_placeholders_let_rules_that_expand_them_load_and_fire(
 
     status, _, err = scan(capsys, "--placeholders", tmp_path / "none.yml", ATOMIC_LINUX)
     assert status == 2 and "cannot read placeholders file" in err
+
+
+def test_pure_python_evtx_is_said_once_and_gives_the_same_detections(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vigil.cli import scan as scan_cli
+    from vigil.logsources import evtxlog
+
+    folder = DATA / "evtx-attack-samples" / "Persistence"
+    rules = DATA / "sigma" / "rules" / "windows" / "registry"
+    status, native_out, native_err = scan(capsys, "--rules", rules, "--format", "jsonl", folder)
+    assert status == 0 and "native EVTX reader is not built" not in native_err
+    monkeypatch.setattr(evtxlog, "flatten", None)
+    monkeypatch.setattr(scan_cli, "native_reader_built", lambda: False)
+    status, python_out, python_err = scan(capsys, "--rules", rules, "--format", "jsonl", folder)
+    assert status == 0
+    assert python_err.count("the native EVTX reader is not built") == 1
+    assert python_out == native_out and native_out.count("\n") > 10

@@ -61,6 +61,8 @@ class Reader(ABC):
         priority: Readers are asked in ascending priority; a specific format goes before a
             general one that would also accept it.
         warnings: Per-record problems met so far, by kind (plaso's extraction warnings).
+        first_warning: The first of those problems in words, for a file that fails outright.
+        notes: Problems with the whole file that did not stop the reading (a copy cut short).
         records: Records read so far (events yielded plus records skipped with a warning).
     """
 
@@ -71,6 +73,8 @@ class Reader(ABC):
     def __init__(self) -> None:
         """Start with no records and no warnings."""
         self.warnings: Counter[str] = Counter()
+        self.first_warning = ""
+        self.notes: list[str] = []
         self.records = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -93,10 +97,16 @@ class Reader(ABC):
             CorruptFile: The file cannot be read as this format at all.
         """
 
-    def warn(self, path: Path, kind: str, detail: str) -> None:
-        """Count a per-record problem and go on (logged at DEBUG; callers summarise)."""
-        self.warnings[kind] += 1
+    def warn(self, path: Path, kind: str, detail: str, count: int = 1) -> None:
+        """Count a problem with ``count`` records and go on (logged at DEBUG; callers summarise)."""
+        self.warnings[kind] += count
+        self.first_warning = self.first_warning or detail
         logger.debug("%s: %s: %s", path, kind, detail)
+
+    def note(self, path: Path, text: str) -> None:
+        """Keep a problem with the whole file that did not stop the reading (callers show it)."""
+        self.notes.append(text)
+        logger.debug("%s: %s", path, text)
 
 
 def registered_readers() -> list[type[Reader]]:

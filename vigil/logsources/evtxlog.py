@@ -12,8 +12,8 @@ References:
 
 from __future__ import annotations
 
-import functools
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 EVTX_MAGIC = b"ElfFile\x00"
 
+# The file header: its size (128, at offset 32), the header block's size (4096, at 40) and the
+# chunk count (at 42) end at byte 44; 64 KiB chunks follow the header block.
+HEADER_FIELDS_END = 44
+HEADER_SIZE = 128
+HEADER_BLOCK_SIZE = 4096
+CHUNK_SIZE = 65536
+_RECORD_RANGE = re.compile(r"record IDs (\d+)\.\.(\d+)")
+
 # Give up on a file after this many records in a row fail to parse: it is damaged past use.
 MAX_CONSECUTIVE_ERRORS = 1000
 
@@ -58,12 +66,14 @@ class EvtxReader(Reader):
     def read(self, path: Path) -> Iterator[Event]:
         """Yield every record of the file as a flat ECS event.
 
+        A chunk that does not parse is counted as the records it held (a warning) and the file
+        goes on; a copy shorter than its header says is noted.
+
         Raises:
-            CorruptFile: The file header cannot be read, or records stop parsing altogether.
+            CorruptFile: The file header cannot be read, no record at all can be read, or
+                records stop parsing altogether.
         """
         shown = str(path)
-        if flatten is None:
-            _warn_pure_python()
         profiles = profile_cache()
         try:
             records = iter(PyEvtxParser(shown).records_json())
@@ -72,15 +82,18 @@ class EvtxReader(Reader):
                 f"{path}: not a readable EVTX file ({exc}); export the log again with "
                 "'wevtutil epl' or check that the copy is complete"
             ) from exc
+        self._check_length(path)
         failures = 0
+        events_read = 0
         while True:
             try:
                 record = next(records)
             except StopIteration:
-                return
+                break
             except RuntimeError as exc:
-                self.records += 1
-                self.warn(path, "evtx_record", str(exc))
+                lost = _records_in_error(str(exc))
+                self.records += lost
+                self.warn(path, "evtx_record", str(exc), count=lost)
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_ERRORS:
                     raise CorruptFile(
@@ -89,8 +102,9 @@ class EvtxReader(Reader):
                     ) from exc
                 continue
             if record is None:
-                return
+                break
             failures = 0
+            events_read += 1
             self.records += 1
             text = record["data"]
             if flatten is not None:
@@ -102,12 +116,43 @@ class EvtxReader(Reader):
                 yield from_evtx_json(orjson.loads(text), shown)
             except (KeyError, TypeError, ValueError) as exc:
                 self.warn(path, "evtx_shape", f"record {record.get('event_record_id')}: {exc!r}")
+        if events_read == 0 and self.warnings:
+            raise CorruptFile(
+                f"{path}: no record could be read ({self.first_warning}); the file is damaged "
+                "or not an event log (recover it with an EVTX carver, or export the log again)"
+            )
+
+    def _check_length(self, path: Path) -> None:
+        # Chunks follow the header block and are 64 KiB each; a copy cut short still parses,
+        # silently ending early, so compare the size with what the header counts.
+        header = sniff(path, HEADER_FIELDS_END)
+        if len(header) < HEADER_FIELDS_END:
+            return
+        size_field = int.from_bytes(header[32:36], "little")
+        block = int.from_bytes(header[40:42], "little")
+        chunks = int.from_bytes(header[42:44], "little")
+        if (size_field, block) != (HEADER_SIZE, HEADER_BLOCK_SIZE):
+            return  # not a header to go by; the chunks' own errors tell what is wrong
+        expected = block + chunks * CHUNK_SIZE
+        size = path.stat().st_size
+        if size < expected:
+            self.note(
+                path,
+                f"the file is cut short: its header counts {chunks} chunks ({expected:,} bytes) "
+                f"but it has {size:,} bytes, so the records past that point are missing; "
+                "copy the log again",
+            )
 
 
-@functools.cache
-def _warn_pure_python() -> None:
-    logger.warning(
-        "the native EVTX reader is not built, so EVTX files are read in pure Python at about "
-        "half the speed; install a C compiler and the Python headers (gcc, python3-dev) and "
-        "reinstall Vigil to build it"
-    )
+def _records_in_error(message: str) -> int:
+    # "Failed to parse chunk containing record IDs 1..38: ..." names the records it lost.
+    found = _RECORD_RANGE.search(message)
+    if found is None:
+        return 1
+    first, last = int(found[1]), int(found[2])
+    return last - first + 1 if last >= first else 1
+
+
+def native_reader_built() -> bool:
+    """Whether the native EVTX reader was built at install (a C compiler was there)."""
+    return flatten is not None
