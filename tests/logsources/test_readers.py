@@ -248,6 +248,13 @@ def test_bad_records_are_warnings_and_the_file_goes_on(tmp_path: Path) -> None:
     assert reader.warnings == {"json_shape": 1, "json_syntax": 1}
 
 
+def test_empty_file_is_said_to_be_empty(tmp_path: Path) -> None:
+    path = tmp_path / "Security.evtx"
+    path.write_bytes(b"")
+    with pytest.raises(NoReader, match=r"Security\.evtx: the file is empty"):
+        reader_for(path)
+
+
 def test_unknown_file_has_no_reader(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("hello\n", encoding="utf-8")

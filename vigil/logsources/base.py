@@ -130,6 +130,8 @@ def reader_for(path: Path) -> Reader:
             raise LogSourceError(
                 f"{path}: cannot be read ({exc}); check the path and permissions"
             ) from exc
+    if path.stat().st_size == 0:
+        raise NoReader(f"{path}: the file is empty; check that the copy is complete")
     names = ", ".join(cls.name for cls in registered_readers())
     raise NoReader(f"{path}: no reader recognises this file (readers: {names})")
 
