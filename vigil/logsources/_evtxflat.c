@@ -31,7 +31,7 @@ typedef struct {
 /* Short strings (field names, channels, providers, computers) recur in every record: keep one
  * object per distinct text so that neither the allocation nor the hash is paid again. */
 typedef struct {
-    Py_hash_t key;
+    size_t key;
     Py_ssize_t length;
     PyObject *text;
 } NameSlot;
@@ -203,10 +203,10 @@ unsupported:
 
 static PyObject *cached_name(const char *raw, Py_ssize_t length)
 {
-    Py_hash_t key = (Py_hash_t)length;
+    size_t key = (size_t)length; /* unsigned: its overflow wraps, as a hash should */
     for (Py_ssize_t i = 0; i < length; i++)
-        key = key * 1000003 ^ (unsigned char)raw[i];
-    NameSlot *slot = &name_cache[(size_t)key % NAME_CACHE_SIZE];
+        key = key * 1000003u ^ (unsigned char)raw[i];
+    NameSlot *slot = &name_cache[key % NAME_CACHE_SIZE];
     if (slot->text != NULL && slot->key == key && slot->length == length &&
         memcmp(PyUnicode_AsUTF8(slot->text), raw, (size_t)length) == 0) {
         Py_INCREF(slot->text);
