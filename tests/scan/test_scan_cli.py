@@ -232,3 +232,10 @@ def test_pure_python_evtx_is_said_once_and_gives_the_same_detections(
     assert status == 0
     assert python_err.count("the native EVTX reader is not built") == 1
     assert python_out == native_out and native_out.count("\n") > 10
+
+
+def test_summary_names_the_files_no_reader_took(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = scan(capsys, "--format", "jsonl", DATA / "evtx-attack-samples")
+    assert status == 0  # files in a folder that are not logs are not an error
+    assert "194 files, 5,862 events" in err
+    assert "2 not recognised: LICENSE.GPL, README.md)" in err

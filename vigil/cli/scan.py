@@ -102,7 +102,7 @@ class ScanStats:
     events: int = 0
     warnings: int = 0
     failed_files: list[str] = field(default_factory=list)
-    skipped_files: int = 0
+    skipped_files: list[str] = field(default_factory=list)
     pure_python_noted: bool = False
     by_rule: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
@@ -308,6 +308,14 @@ def _count(count: int, noun: str) -> str:
     return f"1 {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    # Which files a folder held that no reader took, so a missing log is noticed.
+    if not names:
+        return ""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f": {', '.join(names[:shown])}{more}"
+
+
 def summary(stats: ScanStats, seconds: float, loading: float) -> str:
     """The closing summary: detections by rule and level, then the totals and times."""
     ordered = sorted(stats.by_rule.items(), key=lambda item: (-_rank(item[0][1]), -item[1]))
@@ -319,7 +327,7 @@ def summary(stats: ScanStats, seconds: float, loading: float) -> str:
         f"{_count(stats.detections, 'detection')} from {_count(stats.files, 'file')}, "
         f"{_count(stats.events, 'event')} in {seconds:.1f}s after {loading:.1f}s loading rules "
         f"and feeds ({_count(stats.warnings, 'warning')}, {len(stats.failed_files)} failed, "
-        f"{stats.skipped_files} not recognised)"
+        f"{len(stats.skipped_files)} not recognised{_some(stats.skipped_files)})"
     )
     return "\n".join(lines)
 
@@ -372,7 +380,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             reader = reader_for(path)
         except NoReader as exc:
-            stats.skipped_files += 1
+            stats.skipped_files.append(path.name)
             if named:
                 print(f"vigil scan: {exc}", file=err)
                 status = EXIT_BAD_INPUT
