@@ -7,6 +7,7 @@ the Python route would not give: it returns None and the Python route decides.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -157,3 +158,66 @@ def test_reader_gives_the_same_events_without_the_native_module(
     without = [event for file in files for event in EvtxReader().read(Path(file))]
     assert with_native == without
     assert len(with_native) > 100
+
+
+class RecordMaker:
+    """Random records in the evtx JSON shape, odd values included, for parity checks."""
+
+    TEXTS = ("C:\\Windows\\cmd.exe", "", "0x1a", "true", "deleteValue", 'a"\\\n\x01é\U0001f600')
+    NUMBERS = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 1.5, 4688)
+    NAMES = (
+        "Image", "CommandLine", "ProcessId", "event", "a.b", "TargetUserName", "IpAddress",
+        "EventType", "Initiated", "Data", "#attributes", "NewProcessId", "x" * 70, "é名",
+    )  # fmt: skip
+    CHANNELS = ("Security", "Microsoft-Windows-Sysmon/Operational", "System", "", None, 5)
+    EVENT_IDS = (1, 3, 12, 4688, 4624, 7036, "4688", None, True, 2**64)
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def value(self, depth: int = 0) -> object:
+        kind = self.rng.randrange(7)
+        if kind == 0:
+            return self.rng.choice((None, True, False))
+        if kind == 1:
+            return self.rng.choice(self.NUMBERS)
+        if kind == 2 and depth < 2:
+            return [self.value(depth + 1) for _ in range(self.rng.randrange(4))]
+        if kind == 3 and depth < 2:
+            element: dict[str, object] = {"#attributes": {"Name": "n"}}
+            if self.rng.random() < 0.7:
+                element["#text"] = self.value(depth + 1)
+            return element
+        return self.rng.choice(self.TEXTS)
+
+    def record(self) -> str:
+        rng = self.rng
+        event_id = rng.choice(self.EVENT_IDS)
+        system = {
+            "Provider": {"#attributes": {"Name": rng.choice(("P", None, 5))}},
+            "EventID": {"#text": event_id} if rng.random() < 0.2 else event_id,
+            "Level": self.value(),
+            "TimeCreated": {
+                "#attributes": {
+                    "SystemTime": rng.choice(("2019-07-29T21:32:55.583667Z", "2019-07-29 21:32"))
+                }
+            },
+            "EventRecordID": self.value(),
+            "Channel": rng.choice(self.CHANNELS),
+            "Computer": rng.choice(("pc", None, "")),
+        }
+        fields = list(system.items())
+        rng.shuffle(fields)
+        event: dict[str, object] = {"System": dict(fields[: rng.randrange(3, len(fields) + 1)])}
+        if rng.random() < 0.9:
+            names = [rng.choice(self.NAMES) for _ in range(rng.randrange(10))]
+            event["EventData"] = {name: self.value() for name in names}
+        else:
+            event["UserData"] = {"Cleared": {"SubjectUserName": "u"}}
+        return json.dumps({"Event": event}, ensure_ascii=rng.random() < 0.5)
+
+
+def test_generated_records_of_odd_shapes_agree_or_are_handed_over() -> None:
+    maker = RecordMaker(seed=5)
+    accepted = sum(assert_same_or_handed_over(maker.record()) for _ in range(20000))
+    assert accepted > 2000
