@@ -290,6 +290,25 @@ def test_needs_of_and_or_not() -> None:
     assert [[atom.literal for atom in clause] for clause in rule.needs] == [["/sh"]]
 
 
+def test_a_value_all_selections_share_does_not_make_every_event_a_candidate() -> None:
+    # SigmaHQ's auditd rules repeat ``type: EXECVE`` in every selection; what tells the
+    # selections apart is each one's ``a0``. Too many combinations to distribute in full must
+    # not leave only the shared clause, which every exec event holds.
+    rule = {
+        "zip": {"type": "EXECVE", "a0": "zip"},
+        "gzip": {"type": "EXECVE", "a0": "gzip", "a1": "-k"},
+        "tar": {"type": "EXECVE", "a0": "tar", "a1|contains": "-c"},
+        "condition": "1 of zip or 1 of gzip or 1 of tar",
+    }
+    ruleset = ruleset_of(rule)
+    start = {"event.category": ["process"], "event.type": ["start"], "type": "EXECVE"}
+    everyday = {**start, "a0": "ls", "a1": "-c"}
+    attack = {**start, "a0": "tar", "a1": "-czf"}
+    assert ruleset._plan(everyday).prefilter.candidates(everyday) == []
+    assert ruleset.match(attack) == ruleset.rules
+    assert compare(ruleset, [everyday, attack, {**start, "a0": "gzip", "a1": "-k"}])[0] == []
+
+
 KEYWORD_LISTS = [
     pytest.param(["evil", "BAD thing"], False, id="infixes"),
     pytest.param(["wget * - http* | perl", "a?c", "x*"], False, id="patterns"),

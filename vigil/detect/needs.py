@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
+from math import prod
 from typing import Any, Literal, NamedTuple
 
 from sigma.types import SpecialChars
@@ -136,17 +137,18 @@ def needs_all(parts: Sequence[Needs]) -> Needs:
 def needs_any(parts: Sequence[Needs]) -> Needs:
     """Needs of an OR: one alternative's needs, so each clause picks an atom set from every part.
 
-    When the full distribution would be too large, each part is first cut to its most
-    selective clause, which weakens the result but keeps it necessary.
+    When the full distribution would be too large, the longest parts lose their least
+    selective clauses until it is not; that weakens the result but keeps it necessary. Cutting
+    every part to one clause instead can leave only a clause that every event of the log source
+    holds: ``type: EXECVE`` shared by all of an auditd rule's selections, while each selection's
+    own ``a0`` is what tells them apart.
     """
     if not parts or any(not part for part in parts):
         return NO_NEEDS
-    count = 1
-    for part in parts:
-        count *= len(part)
-    if count > MAX_COMBINATIONS:
-        parts = [part[:1] for part in parts]
-    return _normalise(frozenset().union(*combination) for combination in product(*parts))
+    kept = [list(part) for part in parts]  # each part's clauses, most selective first
+    while prod(map(len, kept)) > MAX_COMBINATIONS:
+        max(kept, key=len).pop()
+    return _normalise(frozenset().union(*combination) for combination in product(*kept))
 
 
 def string_atom(
