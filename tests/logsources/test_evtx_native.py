@@ -160,10 +160,39 @@ def test_reader_gives_the_same_events_without_the_native_module(
     assert len(with_native) > 100
 
 
+@pytest.mark.parametrize(
+    ("written", "pid"),
+    [
+        ("0x1fc", 508),
+        ("0X1FC", 508),
+        ("0x1_f", 31),  # as int(text, 16) reads it
+        ("0x" + "f" * 40, 16**40 - 1),
+        ("0x", "0x"),
+        ("0xzz", "0xzz"),
+        (" 0x1f", " 0x1f"),
+        ("508", "508"),
+    ],
+)
+def test_security_hex_pids_become_numbers_the_same_way(written: str, pid: object) -> None:
+    record = {
+        "Event": {
+            "System": {"EventID": 4688, "Channel": "Security", "Computer": "pc"},
+            "EventData": {"NewProcessId": written, "ProcessId": "0x4", "NewProcessName": "x"},
+        }
+    }
+    text = json.dumps(record)
+    assert assert_same_or_handed_over(text)
+    event = native(text)
+    assert event is not None
+    assert (event["process.pid"], event["process.parent.pid"]) == (pid, 4)
+    assert event["NewProcessId"] == written
+
+
 class RecordMaker:
     """Random records in the evtx JSON shape, odd values included, for parity checks."""
 
     TEXTS = ("C:\\Windows\\cmd.exe", "", "0x1a", "true", "deleteValue", 'a"\\\n\x01é\U0001f600')
+    HEX_TEXTS = ("0x1fc", "0X1FC", "0x", "0xzz", "0x1_f", " 0x1f", "0x" + "f" * 40, "0x１")
     NUMBERS = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 1.5, 4688)
     NAMES = (
         "Image", "CommandLine", "ProcessId", "event", "a.b", "TargetUserName", "IpAddress",
@@ -188,7 +217,7 @@ class RecordMaker:
             if self.rng.random() < 0.7:
                 element["#text"] = self.value(depth + 1)
             return element
-        return self.rng.choice(self.TEXTS)
+        return self.rng.choice(self.TEXTS if self.rng.random() < 0.7 else self.HEX_TEXTS)
 
     def record(self) -> str:
         rng = self.rng

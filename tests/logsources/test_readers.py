@@ -87,6 +87,19 @@ def test_security_4688_maps_to_process_creation() -> None:
     assert first["process.executable"] == first["NewProcessName"]
     assert first["process.parent.executable"] == first["ParentProcessName"]
     assert first["event.module"] == "security"
+    # Security writes pids in hex; ECS has numbers, as Sysmon's do. The raw text stays.
+    assert isinstance(first["NewProcessId"], str) and first["NewProcessId"].startswith("0x")
+    assert first["process.pid"] == int(first["NewProcessId"], 16)
+    assert first["process.parent.pid"] == int(first["ProcessId"], 16)
+
+
+def test_security_logon_pids_are_numbers_in_evtx_too() -> None:
+    path = EVTX_SAMPLES / "Command and Control" / "DE_RDP_Tunnel_5156.evtx"
+    _, events = read_all(path)
+    logons = [e for e in events if e["EventID"] == 4624 and "ProcessId" in e]
+    assert logons
+    for event in logons:
+        assert event["process.pid"] == int(str(event["ProcessId"]), 16)
 
 
 def test_otrf_ndjson_reads_every_line() -> None:

@@ -710,6 +710,56 @@ static int set(PyObject *event, PyObject *key, PyObject *value)
     return PyDict_SetItem(event, key, value);
 }
 
+/* windows.hex_number: "0x1fc" as 508, as int(value, 16) reads it; any other value as it is.
+ * Returns a new reference, or NULL on an error other than the text not being a number. */
+static PyObject *hex_number(PyObject *value)
+{
+    if (!PyUnicode_Check(value) || PyUnicode_GET_LENGTH(value) < 2 ||
+        PyUnicode_READ_CHAR(value, 0) != '0' ||
+        (PyUnicode_READ_CHAR(value, 1) != 'x' && PyUnicode_READ_CHAR(value, 1) != 'X'))
+        return Py_NewRef(value);
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (length > 2 && length <= 18 && PyUnicode_IS_ASCII(value)) {
+        /* The usual pid: up to 16 plain hex digits, read here without a copy of the text. */
+        const char *digits = (const char *)PyUnicode_1BYTE_DATA(value);
+        unsigned long long total = 0;
+        Py_ssize_t i = 2;
+        for (; i < length; i++) {
+            char d = digits[i];
+            int nibble = d >= '0' && d <= '9'   ? d - '0'
+                         : d >= 'a' && d <= 'f' ? d - 'a' + 10
+                         : d >= 'A' && d <= 'F' ? d - 'A' + 10
+                                                : -1;
+            if (nibble < 0)
+                break;
+            total = total << 4 | (unsigned long long)nibble;
+        }
+        if (i == length)
+            return PyLong_FromUnsignedLongLong(total);
+    }
+    PyObject *number = PyLong_FromUnicodeObject(value, 16); /* underscores, other digits */
+    if (number == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        return Py_NewRef(value);
+    }
+    return number;
+}
+
+static int set_copy(PyObject *event, PyObject *key, PyObject *value, PyObject *hex_numbers)
+{
+    if (PySet_GET_SIZE(hex_numbers) == 0)
+        return set(event, key, value);
+    int wanted = PySet_Contains(hex_numbers, key);
+    if (wanted <= 0)
+        return wanted < 0 ? -1 : set(event, key, value);
+    PyObject *number = hex_number(value);
+    if (number == NULL)
+        return -1;
+    int done = set(event, key, number);
+    Py_DECREF(number);
+    return done;
+}
+
 /* The flat event, built as windows.windows_event builds it. */
 static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *profile,
                              PyObject *reserved)
@@ -718,6 +768,7 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
     PyObject *scalars = PyTuple_GET_ITEM(profile, 1);
     PyObject *lists = PyTuple_GET_ITEM(profile, 2);
     PyObject *finish = PyTuple_GET_ITEM(profile, 3);
+    PyObject *hex_numbers = PyTuple_GET_ITEM(profile, 4);
     /* Sized up front: growing a dict of about 40 keys from empty rehashes it three times. */
     PyObject *event = _PyDict_NewPresized(f->count * 3 / 2 + 10 + PyTuple_GET_SIZE(scalars) +
                                           PyTuple_GET_SIZE(lists));
@@ -752,7 +803,7 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
         }
     }
     for (Py_ssize_t i = 0; i < copy_count; i++)
-        if (set(event, copy_keys[i], f->values[copied[i]]) < 0)
+        if (set_copy(event, copy_keys[i], f->values[copied[i]], hex_numbers) < 0)
             goto failed;
     if (set(event, key_log_file_path, path) < 0)
         goto failed;
@@ -818,10 +869,11 @@ static PyObject *find_profile(System *s, PyObject *profiles, PyObject *profile_f
         profile = PyObject_CallFunctionObjArgs(profile_for, channel, event_id, NULL);
     }
     if (profile != NULL &&
-        (!PyTuple_Check(profile) || PyTuple_GET_SIZE(profile) != 4 ||
+        (!PyTuple_Check(profile) || PyTuple_GET_SIZE(profile) != 5 ||
          !PyDict_Check(PyTuple_GET_ITEM(profile, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(profile, 1)) ||
-         !PyTuple_Check(PyTuple_GET_ITEM(profile, 2)))) {
-        PyErr_SetString(PyExc_TypeError, "profile_for must return a 4-item profile tuple");
+         !PyTuple_Check(PyTuple_GET_ITEM(profile, 2)) ||
+         !PyAnySet_Check(PyTuple_GET_ITEM(profile, 4)))) {
+        PyErr_SetString(PyExc_TypeError, "profile_for must return a 5-item profile tuple");
         Py_CLEAR(profile);
     }
     return profile;

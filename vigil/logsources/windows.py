@@ -163,6 +163,11 @@ _SECURITY_4688: dict[str, str] = {
 
 _LOGONS = {4624: "success", 4625: "failure"}
 
+# The Security log writes process ids in hex ("0x1fc"); ECS, and Sysmon, have numbers, so the
+# copies become numbers and a pid seen in one log finds the same process in the other. The
+# record's own fields keep the text as written.
+_SECURITY_HEX_NUMBERS = frozenset(("process.pid", "process.parent.pid"))
+
 # A raw field whose name is an ECS namespace (or dotted) would break the nested form of the
 # event; such names are kept under winlog.event_data instead.
 RESERVED_NAMES = frozenset(
@@ -185,14 +190,16 @@ class Profile(NamedTuple):
     """What every record of one channel and event id gets, worked out once.
 
     A tuple so that the native EVTX reader can read it: the ECS copies to make from the record's
-    fields, the fixed fields (scalars, then lists copied per event), and a step that looks at
-    the record's own fields where the event id alone does not say enough.
+    fields, the fixed fields (scalars, then lists copied per event), a step that looks at the
+    record's own fields where the event id alone does not say enough, and the ECS copies that
+    are numbers where the record writes them in hex.
     """
 
     copies: dict[str, str]
     scalars: tuple[tuple[str, Any], ...]
     lists: tuple[tuple[str, tuple[str, ...]], ...]
     finish: Callable[[Event], None] | None
+    hex_numbers: frozenset[str]
 
 
 # (channel, event id) -> Profile, per os type. Bounded: a hostile file may invent channels.
@@ -250,7 +257,8 @@ def _make_profile(channel: str | None, event_id: int | None, os_type: str) -> Pr
             copies = {**copies, "TargetUserName": "user.name", "IpAddress": "source.ip"}
     if sigma:
         lists.append(("vigil.sigma.category", sigma))
-    return Profile(copies, tuple(scalars), tuple(lists), finish)
+    hex_numbers = _SECURITY_HEX_NUMBERS if service == "security" else frozenset()
+    return Profile(copies, tuple(scalars), tuple(lists), finish, hex_numbers)
 
 
 def windows_event(
@@ -298,6 +306,9 @@ def windows_event(
         copy = copies.get(name)
         if copy is not None:
             ecs[copy] = value
+    if profile.hex_numbers:
+        for key in profile.hex_numbers & ecs.keys():
+            ecs[key] = hex_number(ecs[key])
     event.update(ecs)
 
     event["log.file.path"] = path
@@ -318,6 +329,16 @@ def windows_event(
     if profile.finish is not None:
         profile.finish(event)
     return event
+
+
+def hex_number(value: Any) -> Any:
+    """A ``0x``-prefixed hex text as its number; any other value as it is."""
+    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass  # not a number after all: kept as written
+    return value
 
 
 def _registry_key_event(event: Event) -> None:
