@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_DEPTH 64
@@ -97,12 +98,44 @@ static int escape_valid(const char *p, const char *end)
 
 /* Finds the end of the string that starts at c->p (on its opening quote). Sets *start and
  * *length to the raw bytes between the quotes and *escaped when they hold a backslash. */
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define WORD_SCAN 1
+#define LOW7 0x7F7F7F7F7F7F7F7FULL
+
+/* The high bit of each byte of x that is zero, and of no other byte (no borrow between bytes,
+ * unlike the shorter test). */
+static inline uint64_t zero_bytes(uint64_t x)
+{
+    return ~(((x & LOW7) + LOW7) | x | LOW7);
+}
+
+/* Offset of the first byte of the 8 at p that is a quote, a backslash or a control character,
+ * or 8 when there is none. */
+static inline int first_special(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    uint64_t found = zero_bytes(v ^ 0x2222222222222222ULL) | zero_bytes(v ^ 0x5C5C5C5C5C5C5C5CULL) |
+                     zero_bytes(v & 0xE0E0E0E0E0E0E0E0ULL);
+    return found ? __builtin_ctzll(found) / 8 : 8;
+}
+#endif
+
 static int string_span(Cursor *c, const char **start, Py_ssize_t *length, int *escaped)
 {
     const char *p = c->p + 1;
     *escaped = 0;
     *start = p;
     while (p < c->end) {
+#ifdef WORD_SCAN
+        /* Most of a record's text is string content: step over it eight bytes at a time. */
+        if (c->end - p >= 8) {
+            int offset = first_special(p);
+            p += offset;
+            if (offset == 8)
+                continue;
+        }
+#endif
         char ch = *p;
         if (ch == '"') {
             *length = p - *start;
