@@ -230,6 +230,17 @@ def test_evtx_copy_cut_short_is_noted_with_its_sizes(tmp_path: Path) -> None:
 
 
 @needs_data
+@pytest.mark.parametrize("size", [4096, 30000])
+def test_evtx_copy_cut_inside_its_first_chunk_fails(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "cut.evtx"
+    path.write_bytes(_panache()[:size])
+    reader = reader_for(path)
+    expected = rf"cut\.evtx: no record could be read: the file is cut short: .* has {size:,} bytes"
+    with pytest.raises(CorruptFile, match=expected):
+        list(reader.read(path))
+
+
+@needs_data
 def test_evtx_damaged_chunk_counts_every_record_it_held(tmp_path: Path) -> None:
     data = bytearray(_panache())
     data[4096 + 600 : 4096 + 2600] = random.Random(1).randbytes(2000)

@@ -116,6 +116,9 @@ class EvtxReader(Reader):
                 yield from_evtx_json(orjson.loads(text), shown)
             except (KeyError, TypeError, ValueError) as exc:
                 self.warn(path, "evtx_shape", f"record {record.get('event_record_id')}: {exc!r}")
+        if events_read == 0 and not self.warnings and self.notes:
+            # Cut short before the end of its first chunk: nothing of it is left to read.
+            raise CorruptFile(f"{path}: no record could be read: {self.notes[-1]}")
         if events_read == 0 and self.warnings:
             raise CorruptFile(
                 f"{path}: no record could be read ({self.first_warning}); the file is damaged "
