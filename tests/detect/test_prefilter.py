@@ -10,6 +10,7 @@ searches over all of an event's strings at once must equal searching string by s
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ def test_literals_longer_than_the_cap() -> None:
 
 def ruleset_of(*detections: dict[str, Any]) -> RuleSet:
     text = "\n---\n".join(
-        rule_text(detection, title=f"rule {n}") for n, detection in enumerate(detections)
+        rule_text(detection, title=f"rule {n}", id=str(uuid.UUID(int=n + 1)))
+        for n, detection in enumerate(detections)
     )
     ruleset = RuleSet.from_yaml(text)
     assert not ruleset.errors, [str(e) for e in ruleset.errors]

@@ -21,7 +21,9 @@ correlation:
   timespan: 5m
   condition: {gte: 10}
 """
-ORPHAN = CORRELATION.replace("5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11", "missing_rule")
+ORPHAN = CORRELATION.replace("5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11", "missing_rule").replace(
+    "3c9a01", "3c9a02"
+)
 
 
 @pytest.fixture
@@ -60,6 +62,13 @@ def test_failures_are_listed_and_summarised(
     assert "2 rules and 1 correlation rules loaded, 2 failed" in capsys.readouterr().out
 
 
+def test_overlapping_folders_count_each_file_once(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rules", "check", str(folder), str(folder), str(folder / "nested")]) == 0
+    assert "2 files: 1 rules and 1 correlation rules loaded, 0 failed" in capsys.readouterr().out
+
+
 def test_json(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (folder / "orphan.yml").write_text(ORPHAN)
     assert main(["rules", "check", "--json", str(folder)]) == 1
@@ -72,7 +81,7 @@ def test_json(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     )
     [error] = report["errors"]
     assert error["path"].endswith("orphan.yml")
-    assert error["rule_id"] == "0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01"
+    assert error["rule_id"] == "0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a02"
     assert report["by_reason"] == {error["reason"]: 1}
     assert error["reason"] == "correlation refers to rule '...', which is not loaded"
 
@@ -129,3 +138,25 @@ def test_messages_point_at_the_mistake(folder: Path, capsys: pytest.CaptureFixtu
         "quote.yml: cannot parse rule file: YAML error at line 3, column 1: found unexpected end "
         "of stream (while scanning a quoted scalar at line 1, column 8)"
     ) in out
+
+
+def test_a_bad_regular_expression_is_explained_once_in_words(
+    folder: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    unclosed = {"selection": {"CommandLine|re": "a(b"}, "condition": "selection"}
+    lookahead = {"selection": {"CommandLine|re": "curl (?!-s)"}, "condition": "selection"}
+    (folder / "unclosed.yml").write_text(
+        rule_text(unclosed, id="6d1c2b3a-0000-4000-8000-000000000003")
+    )
+    (folder / "lookahead.yml").write_text(
+        rule_text(lookahead, id="6d1c2b3a-0000-4000-8000-000000000004")
+    )
+    assert main(["rules", "check", str(folder)]) == 1
+    out, err = capfd.readouterr()
+    assert (
+        "unclosed.yml (rule 6d1c2b3a-0000-4000-8000-000000000003): invalid Sigma rule: Regular "
+        "expression 'a(b' is invalid: missing ), unterminated subpattern at position 1"
+    ) in out
+    # The evaluator runs Python's re, so a pattern it runs is not refused for another engine.
+    assert "lookahead.yml" not in out and "2 rules and 1 correlation rules loaded" in out
+    assert err == ""

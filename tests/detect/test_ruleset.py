@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,16 @@ def test_rule_applies_only_to_its_logsource(
 
 def test_index_only_offers_rules_of_the_event_logsource() -> None:
     text = "\n---\n".join(
-        rule_text(CURL, logsource, title=name)
-        for name, logsource in [
-            ("proc", {"product": "linux", "category": "process_creation"}),
-            ("file", {"product": "linux", "category": "file_event"}),
-            ("net", {"product": "linux", "category": "network_connection"}),
-            ("any-linux", {"product": "linux"}),
-        ]
+        rule_text(CURL, logsource, title=name, id=str(uuid.UUID(int=n)))
+        for n, (name, logsource) in enumerate(
+            [
+                ("proc", {"product": "linux", "category": "process_creation"}),
+                ("file", {"product": "linux", "category": "file_event"}),
+                ("net", {"product": "linux", "category": "network_connection"}),
+                ("any-linux", {"product": "linux"}),
+            ],
+            start=1,
+        )
     )
     ruleset = RuleSet.from_yaml(text)
     assert len(ruleset) == 4
@@ -262,6 +266,31 @@ correlation:
     assert ruleset.correlations == []
     assert [e.rule_id for e in ruleset.errors] == ["0e2b5a32-7f41-4f6c-9b7e-3c6f3d3c9a01"]
     assert "'no-such-rule', which is not loaded" in ruleset.errors[0].message
+
+
+def test_a_folder_given_twice_or_inside_another_loads_once(tmp_path: Path) -> None:
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "curl.yml").write_text(rule_text(CURL), encoding="utf-8")
+    ruleset = RuleSet.from_paths([tmp_path, tmp_path / "nested", tmp_path / "nested/curl.yml"])
+    assert not ruleset.errors
+    assert len(ruleset.match(process_event("/usr/bin/curl", "curl x"))) == 1
+
+
+def test_a_second_rule_with_the_same_id_is_reported_and_the_first_kept(tmp_path: Path) -> None:
+    (tmp_path / "a.yml").write_text(rule_text(CURL, title="first"), encoding="utf-8")
+    (tmp_path / "b.yml").write_text(rule_text(CURL, title="copy"), encoding="utf-8")
+    ruleset = RuleSet.from_paths([tmp_path])
+    assert [rule.title for rule in ruleset.rules] == ["first"]
+    [error] = ruleset.errors
+    assert error.path.endswith("b.yml") and error.rule_id == "5b0bd0a8-61b1-4a5f-9c5e-8a0f0e0c2f11"
+    assert f"an earlier rule in {tmp_path / 'a.yml'} has this id" in error.message
+    assert "give one of them a new id" in error.message
+
+    same_file = RuleSet.from_yaml(rule_text(CURL) + "---\n" + rule_text(CURL), path="two.yml")
+    assert len(same_file.rules) == 1
+    assert [e.message.split(";")[0] for e in same_file.errors] == [
+        "an earlier rule in this file has this id"
+    ]
 
 
 def test_builtin_rules_dir_is_the_repo_rules_folder() -> None:

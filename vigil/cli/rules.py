@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from vigil.detect import DetectError, RuleLoadError, load_placeholders
 from vigil.detect.fieldmap import default_fieldmap
-from vigil.detect.ruleset import LoadedFile, link_correlations, parse_file, rule_files
+from vigil.detect.ruleset import link_correlations, load_files, rule_files
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,12 +81,7 @@ def check(paths: Sequence[Path], placeholders: dict[str, list[str]]) -> dict[str
     if not files:
         raise DetectError("no rule files (*.yml, *.yaml) under " + ", ".join(map(str, paths)))
     fieldmap = default_fieldmap()
-    everything = LoadedFile()
-    for path in files:
-        loaded = parse_file(path, fieldmap, placeholders)
-        everything.rules.extend(loaded.rules)
-        everything.pending.extend(loaded.pending)
-        everything.errors.extend(loaded.errors)
+    everything = load_files(files, fieldmap, placeholders)
     rules, correlations, failed = link_correlations(everything.rules, everything.pending, fieldmap)
     errors = everything.errors + failed
     by_reason = Counter(reason(error) for error in errors)

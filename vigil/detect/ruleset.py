@@ -20,6 +20,8 @@ from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRuleLocation
 from sigma.modifiers import modifier_mapping
+from sigma.policy import SigmaPolicy
+from sigma.policy.regex_engine import PythonRegexEngine
 from sigma.rule import SigmaRule
 
 import vigil
@@ -56,18 +58,34 @@ def builtin_rules_dir() -> Path:
 
 
 def rule_files(paths: Sequence[str | Path]) -> Iterator[Path]:
-    """Files to load: each file as given, each folder searched recursively for YAML, sorted."""
+    """Files to load: each file as given, each folder searched recursively for YAML, sorted.
+
+    A file reached twice (a folder given twice, or inside another folder given) comes once, so
+    overlapping arguments do not load its rules twice.
+    """
+    seen: set[Path] = set()
     for path in map(Path, paths):
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix in RULE_SUFFIXES)
-        else:
-            yield path
+        found = (
+            sorted(p for p in path.rglob("*") if p.suffix in RULE_SUFFIXES)
+            if path.is_dir()
+            else [path]
+        )
+        for file in found:
+            real = file.resolve()
+            if real not in seen:
+                seen.add(real)
+                yield file
 
 
 # pySigma reads YAML with PyYAML's pure-Python loader: two thirds of the time it takes to load
 # SigmaHQ's Windows rules. libyaml's loader (in PyYAML's wheels) builds the same documents ten
 # times as fast; the pure one stays for a PyYAML built without it.
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# pySigma checks each |re pattern with RE2 unless told otherwise; RE2 writes its parse errors to
+# stderr and refuses patterns (lookarounds, backreferences) that our evaluator, Python's re,
+# runs. Checking with re accepts exactly the patterns that will run.
+_POLICY = SigmaPolicy(regex_engine=PythonRegexEngine())
 
 
 def _message(exc: BaseException) -> str:
@@ -98,36 +116,8 @@ def _modifier_hint(name: str) -> str:
     return f"; Sigma's modifiers are {', '.join(known)}"
 
 
-def load_file(
-    path: Path, fieldmap: FieldMap, placeholders: Placeholders | None = None
-) -> tuple[list[Rule], list[RuleLoadError]]:
-    """Load and compile every base rule of one file; failures come back as errors.
-
-    Correlation rules are reported as errors here: they need the whole set their references
-    may point into, which :meth:`RuleSet.from_paths` loads.
-    """
-    loaded = parse_file(path, fieldmap, placeholders)
-    return loaded.rules, loaded.errors + _unlinked(loaded)
-
-
-def load_text(
-    text: str, path: str, fieldmap: FieldMap, placeholders: Placeholders | None = None
-) -> tuple[list[Rule], list[RuleLoadError]]:
-    """Load and compile every base rule of a YAML text said to come from path (see load_file)."""
-    loaded = parse_text(text, path, fieldmap, placeholders)
-    return loaded.rules, loaded.errors + _unlinked(loaded)
-
-
-def _unlinked(loaded: LoadedFile) -> list[RuleLoadError]:
-    return [
-        RuleLoadError(
-            path,
-            str(sigma_rule.id) if sigma_rule.id else sigma_rule.name,
-            "correlation rules are evaluated by RuleSet.from_paths and its correlation engine, "
-            "not by single-file loading",
-        )
-        for sigma_rule, path, _ in loaded.pending
-    ]
+def _correlation_id(sigma_rule: SigmaCorrelationRule) -> str | None:
+    return str(sigma_rule.id) if sigma_rule.id else sigma_rule.name
 
 
 @dataclass
@@ -138,6 +128,47 @@ class LoadedFile:
     rules: list[Rule] = field(default_factory=list)
     pending: list[tuple[SigmaCorrelationRule, str, int]] = field(default_factory=list)
     errors: list[RuleLoadError] = field(default_factory=list)
+
+
+def load_files(
+    files: Iterable[Path], fieldmap: FieldMap, placeholders: Placeholders | None
+) -> LoadedFile:
+    """Parse rule files into one set, to be linked by :func:`link_correlations`."""
+    everything = LoadedFile()
+    for file in files:
+        loaded = parse_file(file, fieldmap, placeholders)
+        everything.rules.extend(loaded.rules)
+        everything.pending.extend(loaded.pending)
+        everything.errors.extend(loaded.errors)
+    return without_repeated_ids(everything)
+
+
+def without_repeated_ids(loaded: LoadedFile) -> LoadedFile:
+    """The set with each id once: a rule or correlation whose id (or name, for one without an
+    id) an earlier one already has is dropped and reported with the file that has it."""
+    first_with: dict[str, str] = {}
+    errors = list(loaded.errors)
+
+    def first(ident: str | None, path: str) -> bool:
+        if ident is None:
+            return True
+        if ident in first_with:
+            where = "this file" if first_with[ident] == path else first_with[ident]
+            errors.append(
+                RuleLoadError(
+                    path,
+                    ident,
+                    f"an earlier rule in {where} has this id; Sigma ids are unique: "
+                    "give one of them a new id, or remove the copy",
+                )
+            )
+            return False
+        first_with[ident] = path
+        return True
+
+    rules = [rule for rule in loaded.rules if first(rule.id, rule.path)]
+    pending = [item for item in loaded.pending if first(_correlation_id(item[0]), item[1])]
+    return LoadedFile(rules, pending, errors)
 
 
 def parse_file(path: Path, fieldmap: FieldMap, placeholders: Placeholders | None) -> LoadedFile:
@@ -166,6 +197,7 @@ def parse_text(
             collect_errors=True,
             source=SigmaRuleLocation(Path(path)),
             resolve_references=False,
+            policy=_POLICY,
         )
     except (yaml.YAMLError, SigmaError) as exc:
         return LoadedFile(
@@ -247,7 +279,7 @@ def link_correlations(
             try:
                 correlation = compile_correlation(sigma_rule, path, index, targets, fieldmap)
             except (DetectError, SigmaError) as exc:
-                ident = str(sigma_rule.id) if sigma_rule.id else sigma_rule.name
+                ident = _correlation_id(sigma_rule)
                 errors.append(RuleLoadError(path, ident, _message(exc)))
                 continue
             correlations.append(correlation)
@@ -258,7 +290,7 @@ def link_correlations(
             errors.extend(
                 RuleLoadError(
                     path,
-                    str(sigma_rule.id) if sigma_rule.id else sigma_rule.name,
+                    _correlation_id(sigma_rule),
                     "correlation rules refer to each other in a cycle; break the cycle",
                 )
                 for sigma_rule, path, _ in waiting
@@ -358,13 +390,7 @@ class RuleSet:
                 not given is recorded in :attr:`errors`.
         """
         fieldmap = fieldmap or default_fieldmap()
-        everything = LoadedFile()
-        for path in rule_files(paths):
-            loaded = parse_file(path, fieldmap, placeholders)
-            everything.rules.extend(loaded.rules)
-            everything.pending.extend(loaded.pending)
-            everything.errors.extend(loaded.errors)
-        return cls._linked(everything, fieldmap)
+        return cls._linked(load_files(rule_files(paths), fieldmap, placeholders), fieldmap)
 
     @classmethod
     def from_yaml(
@@ -383,7 +409,8 @@ class RuleSet:
             placeholders: Values of ``%name%`` placeholders, as for :meth:`from_paths`.
         """
         fieldmap = fieldmap or default_fieldmap()
-        return cls._linked(parse_text(text, path, fieldmap, placeholders), fieldmap)
+        loaded = parse_text(text, path, fieldmap, placeholders)
+        return cls._linked(without_repeated_ids(loaded), fieldmap)
 
     @classmethod
     def _linked(cls, loaded: LoadedFile, fieldmap: FieldMap) -> RuleSet:
