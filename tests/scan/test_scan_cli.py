@@ -74,6 +74,17 @@ def test_table_ends_with_summary_by_rule_and_level(
     assert summary[-1][:4] == ["5", "detections", "from", "5"]
 
 
+def test_table_rows_are_a_timeline_across_files(capsys: pytest.CaptureFixture[str]) -> None:
+    # Log4Shell (2022) is read before the atomic tests (2020); the rows come in time order.
+    status, out, _ = scan(
+        capsys, "--rules", LINUX_RULES, "--format", "table", LOG4SHELL, ATOMIC_LINUX
+    )
+    assert status == 0
+    times = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[1:]]
+    assert times[0].startswith("2020-") and times[-1].startswith("2022-")
+    assert len(times) == 8 and times == sorted(times)
+
+
 def test_builtin_rules_only_without_rules_option(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = scan(capsys, "--format", "jsonl", ATOMIC_LINUX)
     assert status == 0
@@ -85,6 +96,20 @@ def test_builtin_rules_only_without_rules_option(capsys: pytest.CaptureFixture[s
 def test_missing_path_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, _, err = scan(capsys, tmp_path / "nope.evtx")
     assert status == 2 and "no such file or folder" in err
+    status, _, err = scan(
+        capsys, "--rules", tmp_path / "rules", "--intel", tmp_path / "feed.txt", ATOMIC_LINUX
+    )
+    assert status == 2
+    assert f"{tmp_path / 'rules'} (--rules), {tmp_path / 'feed.txt'} (--intel)" in err
+
+
+def test_min_level_is_read_in_any_case(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = scan(
+        capsys, "--rules", LINUX_RULES, "--format", "csv", "--min-level", "HIGH", LOG4SHELL
+    )
+    assert status == 0
+    levels = {row["level"] for row in csv.DictReader(io.StringIO(out))}
+    assert levels and levels <= {"high", "critical"}
 
 
 def test_intel_feeds_match_offline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -144,7 +169,8 @@ def test_rule_load_errors_are_reported_once_and_not_fatal(
         capsys, "--rules", bad, "--rules", BINARY_PADDING, "--format", "jsonl", ATOMIC_LINUX
     )
     assert status == 0 and len(out.splitlines()) == 1
-    assert err.count("rule not loaded") == 1 and "bad.yml" in err
+    assert err.count("vigil scan: rule not loaded") == 1 and "bad.yml" in err
+    assert err.rstrip().endswith("; 1 rule not loaded)")
 
 
 BRUTE_FORCE = """

@@ -89,7 +89,11 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         help="output format (default: table on a terminal, jsonl otherwise)",
     )
     scan.add_argument(
-        "--min-level", choices=LEVELS, default="informational", help="report this level or higher"
+        "--min-level",
+        type=str.lower,
+        choices=LEVELS,
+        default="informational",
+        help="report this level or higher",
     )
     scan.add_argument("--output", type=Path, metavar="FILE", help="write detections here")
 
@@ -104,6 +108,7 @@ class ScanStats:
     failed_files: list[str] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
     pure_python_noted: bool = False
+    rules_not_loaded: int = 0
     by_rule: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     @property
@@ -288,6 +293,8 @@ class _Writer:
 
     def close(self) -> None:
         if self.fmt == "table" and self.rows:
+            # Files are read one after another; the analyst reads a table as a timeline.
+            self.rows.sort(key=lambda row: str(row[0]))
             headers = ["TIME", "LEVEL", "RULE", "ATT&CK", "FILE", "WHAT"]
             self.out.write(table(headers, self.rows) + "\n\n")
 
@@ -323,11 +330,13 @@ def summary(stats: ScanStats, seconds: float, loading: float) -> str:
     if ordered:
         rows = [[level, count, title, rule_id] for (rule_id, level, title), count in ordered]
         lines.append(table(["LEVEL", "COUNT", "RULE", "ID"], rows))
+    not_loaded = stats.rules_not_loaded
     lines.append(
         f"{_count(stats.detections, 'detection')} from {_count(stats.files, 'file')}, "
         f"{_count(stats.events, 'event')} in {seconds:.1f}s after {loading:.1f}s loading rules "
         f"and feeds ({_count(stats.warnings, 'warning')}, {len(stats.failed_files)} failed, "
-        f"{len(stats.skipped_files)} not recognised{_some(stats.skipped_files)})"
+        f"{len(stats.skipped_files)} not recognised{_some(stats.skipped_files)}"
+        + (f"; {_count(not_loaded, 'rule')} not loaded)" if not_loaded else ")")
     )
     return "\n".join(lines)
 
@@ -339,9 +348,10 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         The exit status: 0 when the scan ran, 2 for bad input.
     """
     paths = [Path(p) for p in args.paths]
-    missing = [
-        str(p) for p in [*paths, *map(Path, args.rules), *map(Path, args.intel)] if not p.exists()
-    ]
+    given = [(p, "") for p in paths]
+    given += [(Path(p), " (--rules)") for p in args.rules]
+    given += [(Path(p), " (--intel)") for p in args.intel]
+    missing = [f"{path}{option}" for path, option in given if not path.exists()]
     if missing:
         print(f"vigil scan: no such file or folder: {', '.join(missing)}", file=err)
         return EXIT_BAD_INPUT
@@ -362,7 +372,7 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     fmt = args.format or ("table" if out.isatty() else "jsonl")
     minimum = LEVELS.index(args.min_level)
     status = EXIT_OK
-    stats = ScanStats()
+    stats = ScanStats(rules_not_loaded=len(rules.errors))
     started = time.monotonic()
     loading = started - loading
     files = list(scan_files(paths))
