@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,27 @@ def test_auth_log_through_the_existing_parser() -> None:
     failed = [e for e in events if e.get("event.outcome") == "failure"]
     assert failed and failed[0]["event.module"] == "sshd"
     assert all(e["log.file.path"] == str(path) for e in events)
+    # Every line is an event: keyword rules search the lines no parser recognises too.
+    assert len(events) == 2000 and len(failed) == 524 + 113
+    other = [e for e in events if "reverse mapping checking getaddrinfo" in e["message"]]
+    assert len(other) == 85 and "event.action" not in other[0]
+    assert other[0]["event.original"].endswith(other[0]["message"])
+
+
+def test_auth_log_of_old_pam_tags_reads_their_failures_and_sessions() -> None:
+    # Linux-PAM before 0.99 tagged its lines "sshd(pam_unix)[pid]:", the facility unsaid; in
+    # this file they are the only record of the failed ssh attempts.
+    path = one("linux-logs/loghub/Linux/Linux_2k.log")
+    reader, events = read_all(path)
+    actions = Counter(e.get("event.action") for e in events)
+    assert actions["pam_auth_failure"] == 490
+    assert actions["session_opened"] == actions["session_closed"] == 123
+    failure = next(e for e in events if e.get("event.action") == "pam_auth_failure")
+    assert failure["event.module"] == failure["process.name"] == "sshd"
+    assert failure["log.syslog.appname"] == "sshd(pam_unix)"
+    assert failure["source.address"] == "218.188.2.4" and failure["event.outcome"] == "failure"
+    su = next(e for e in events if e.get("event.action") == "session_opened")
+    assert su["event.module"] == "su" and su["user.name"] == "cyrus"
 
 
 def test_corrupt_evtx_names_the_file_and_what_to_do(tmp_path: Path) -> None:

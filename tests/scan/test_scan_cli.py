@@ -265,3 +265,24 @@ def test_summary_names_the_files_no_reader_took(capsys: pytest.CaptureFixture[st
     assert status == 0  # files in a folder that are not logs are not an error
     assert "194 files, 5,862 events" in err
     assert "2 not recognised: LICENSE.GPL, README.md)" in err
+
+
+def test_keyword_rules_see_syslog_lines_no_parser_recognises(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rule = tmp_path / "spoofed.yml"
+    rule.write_text(
+        "title: Reverse DNS does not match\n"
+        "id: 3d5e7f9a-1b2c-4d3e-8f4a-5b6c7d8e9f0a\n"
+        "logsource: {product: linux, service: sshd}\n"
+        "detection:\n"
+        "  keywords: ['POSSIBLE BREAK-IN ATTEMPT']\n"
+        "  condition: keywords\n"
+        "level: low\n"
+    )
+    ssh_log = DATA / "linux-logs" / "loghub" / "OpenSSH" / "OpenSSH_2k.log"
+    status, out, err = scan(capsys, "--rules", rule, "--format", "csv", ssh_log)
+    assert status == 0, err
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rule.id"].startswith("3d5e7f9a")]
+    assert len(rows) == 85
+    assert rows[0]["what"].startswith("reverse mapping checking getaddrinfo for ")

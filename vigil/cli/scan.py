@@ -52,6 +52,7 @@ _WHAT = (
     "dns.question.name",
     "destination.ip",
     "process.executable",
+    "message",
 )
 
 

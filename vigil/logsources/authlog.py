@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,9 @@ _SU_OK_OLD = re.compile(r"^Successful su for (?P<target>\S+) by (?P<user>\S+)$")
 _SU_OK = re.compile(r"^\(to (?P<target>\S+)\) (?P<user>\S+) on (?P<tty>\S+)$")
 _SU_FAILED = re.compile(r"^FAILED SU \(to (?P<target>\S+)\) (?P<user>\S+) on (?P<tty>\S+)$")
 _PAM = re.compile(r"^pam_unix\((?P<service>[^:)]+):(?P<facility>[^)]+)\): (?P<text>.*)$")
+# Linux-PAM before 0.99 (2005) put the module in the tag and left the facility unsaid:
+# "sshd(pam_unix)[19939]: authentication failure; ...".
+_OLD_PAM_TAG = re.compile(r"^(?P<service>[^\s()]+)\(pam_unix\)$")
 _PAM_SESSION = re.compile(
     r"^session (?P<state>opened|closed) for user (?P<user>[^\s(]+)(?:\(uid=\d+\))?"
     r"(?: by (?P<by>[^\s(]*)(?:\(uid=(?P<uid>\d+)\))?)?$"
@@ -254,7 +258,22 @@ def _pam(message: str) -> Fields | None:
     match = _PAM.match(message)
     if match is None:
         return None
-    service, facility, text = match["service"], match["facility"], match["text"]
+    return _pam_text(match["service"], match["facility"], match["text"], sshd_says_it=True)
+
+
+def _old_pam(service: str, text: str) -> Fields | None:
+    if text.startswith("session "):
+        facility = "session"
+    elif text.startswith("password changed"):
+        facility = "chauthtok"
+    else:
+        facility = "auth"
+    # sshd of that time logged its own "Failed password" lines elsewhere (authpriv), so the PAM
+    # line is the only record of a failed attempt in the file that holds it.
+    return _pam_text(service, facility, text, sshd_says_it=False)
+
+
+def _pam_text(service: str, facility: str, text: str, sshd_says_it: bool) -> Fields | None:
     if facility == "session" and service not in _QUIET_SESSIONS:
         session = _PAM_SESSION.match(text)
         if session is None:
@@ -276,7 +295,7 @@ def _pam(message: str) -> Fields | None:
         return fields
     failure = _PAM_FAILURE.match(text)
     # sshd logs its own "Failed password" line for the same attempt: keep only that one.
-    if facility == "auth" and failure is not None and service not in _SSHD:
+    if facility == "auth" and failure is not None and not (sshd_says_it and service in _SSHD):
         pairs = dict(pair.partition("=")[::2] for pair in failure["pairs"].split() if "=" in pair)
         fields = _event(["authentication"], ["info"], "pam_auth_failure", "failure")
         if pairs.get("user"):
@@ -378,7 +397,9 @@ def auth_fields(program: str | None, message: str) -> Fields | None:
     repeated = _REPEATED.match(message)
     if repeated is not None:
         message = repeated["message"]
-    for recognise in _RECOGNISERS.get(program, ()):
+    old = _OLD_PAM_TAG.match(program)
+    recognisers = (partial(_old_pam, old["service"]),) if old else _RECOGNISERS.get(program, ())
+    for recognise in recognisers:
         fields = recognise(message)
         if fields is not None:
             if repeated is not None:
@@ -387,6 +408,12 @@ def auth_fields(program: str | None, message: str) -> Fields | None:
                 )
             return fields
     return None
+
+
+def program_name(tag: str) -> str:
+    """The program of a syslog tag: ``sshd`` for ``sshd`` and for the old ``sshd(pam_unix)``."""
+    old = _OLD_PAM_TAG.match(tag)
+    return old["service"] if old else tag
 
 
 def auth_document(record: SyslogRecord, fields: Fields, original: str) -> Fields:
@@ -399,11 +426,12 @@ def auth_document(record: SyslogRecord, fields: Fields, original: str) -> Fields
     """
     document: Fields = {"@timestamp": iso(record.timestamp), **fields}
     document["event"] = {"kind": "event", **fields["event"], "original": original}
+    document["message"] = record.message
     syslog: Fields = {"hostname": record.hostname}
     if record.program is not None:
         syslog["appname"] = record.program
         process = document.setdefault("process", {})
-        process["name"] = record.program
+        process["name"] = program_name(record.program)
         if record.pid is not None:
             process["pid"] = record.pid
             syslog["procid"] = str(record.pid)
@@ -416,6 +444,7 @@ def read_auth_log(
     now: datetime | None = None,
     zone: tzinfo | None = None,
     stats: Counter[str] | None = None,
+    every_line: bool = False,
 ) -> Iterator[Fields]:
     """Yield the ECS documents of the authentication events in an auth log file.
 
@@ -423,7 +452,10 @@ def read_auth_log(
         path: The log file (``auth.log``, ``secure`` or a copy of one).
         now: Reference moment for yearless timestamps; default: the file's modification time.
         zone: Zone of yearless timestamps; default: the local zone.
-        stats: Counter updated with ``lines``, ``events``, ``parse_errors`` and ``ignored``.
+        stats: Counter updated with ``lines``, ``events``, ``parse_errors`` and ``ignored``
+            (lines of no recognised kind, yielded anyway with ``every_line``: ``other``).
+        every_line: Also yield the lines of no recognised kind, with their header fields,
+            ``message`` and ``event.original`` only (for keyword rules, which search any text).
     """
     counts = stats if stats is not None else Counter()
     file = Path(path)
@@ -441,18 +473,21 @@ def read_auth_log(
                 log.debug("%s:%d has no syslog header", file, number)
                 continue
             fields = auth_fields(record.program, record.message)
-            if fields is None:
+            if fields is None and not every_line:
                 counts["ignored"] += 1
                 continue
-            counts["events"] += 1
-            yield auth_document(record, fields, original)
+            counts["events" if fields is not None else "other"] += 1
+            yield auth_document(record, fields or {"event": {}}, original)
 
 
 class AuthLogReader(Reader):
     """Linux ``auth.log`` / ``secure`` files, through :func:`read_auth_log`."""
 
     name = "authlog"
-    reads = "Linux authentication logs (auth.log, secure): sshd, sudo, su, PAM, account tools"
+    reads = (
+        "Linux syslog files (auth.log, secure, messages): sshd, sudo, su, PAM and account tools "
+        "as authentication events, every other line with its message"
+    )
     # Any syslog file sniffs as one, so every more specific reader goes first.
     priority = 90
 
@@ -462,18 +497,20 @@ class AuthLogReader(Reader):
         return parse_syslog(first_line(path)) is not None
 
     def read(self, path: Path) -> Iterator[Fields]:
-        """Yield the authentication events of the file as flat ECS events.
+        """Yield every line of the file as a flat ECS event.
 
-        ``event.module`` is the program (``sshd``, ``sudo``...), Sigma's service for them;
-        lines of other programs are passed over, lines without a syslog header are warnings.
+        ``event.module`` is the program (``sshd``, ``sudo``...), Sigma's service for them.
+        Lines of a kind :func:`auth_fields` does not recognise come with their header fields and
+        ``message`` only, so that keyword rules still see them; lines without a syslog header
+        are warnings.
         """
         counts: Counter[str] = Counter()
         shown = str(path)
-        for document in read_auth_log(path, stats=counts):
+        for document in read_auth_log(path, stats=counts, every_line=True):
             event = flatten(document)
             event["log.file.path"] = shown
             event["host.os.type"] = "linux"
-            program = event.get("log.syslog.appname")
+            program = event.get("process.name")
             if program:
                 event["event.module"] = program
             yield event
