@@ -170,10 +170,13 @@ def test_reader_gives_the_same_events_without_the_native_module(
         ("0x", "0x"),
         ("0xzz", "0xzz"),
         (" 0x1f", " 0x1f"),
-        ("508", "508"),
+        ("508", 508),
+        ("0508", 508),
+        ("508 ", "508 "),
+        ("５０８", "５０８"),  # digits, but not ASCII ones
     ],
 )
-def test_security_hex_pids_become_numbers_the_same_way(written: str, pid: object) -> None:
+def test_security_pids_become_numbers_the_same_way(written: str, pid: object) -> None:
     record = {
         "Event": {
             "System": {"EventID": 4688, "Channel": "Security", "Computer": "pc"},
@@ -192,14 +195,16 @@ class RecordMaker:
     """Random records in the evtx JSON shape, odd values included, for parity checks."""
 
     TEXTS = ("C:\\Windows\\cmd.exe", "", "0x1a", "true", "deleteValue", 'a"\\\n\x01é\U0001f600')
-    HEX_TEXTS = ("0x1fc", "0X1FC", "0x", "0xzz", "0x1_f", " 0x1f", "0x" + "f" * 40, "0x１")
+    HEX_TEXTS = ("0x1fc", "0X1FC", "0x", "0xzz", "0x1_f", " 0x1f", "0x" + "f" * 40, "0x１", "547")
+    HEX_TEXTS += ("0547", "9" * 40, "٥", "12 ", "0")
     NUMBERS = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 1.5, 4688)
     NAMES = (
         "Image", "CommandLine", "ProcessId", "event", "a.b", "TargetUserName", "IpAddress",
         "EventType", "Initiated", "Data", "#attributes", "NewProcessId", "x" * 70, "é名",
+        "ProcessID", "DestPort", "DestAddress",
     )  # fmt: skip
     CHANNELS = ("Security", "Microsoft-Windows-Sysmon/Operational", "System", "", None, 5)
-    EVENT_IDS = (1, 3, 12, 4688, 4624, 7036, "4688", None, True, 2**64)
+    EVENT_IDS = (1, 3, 12, 4688, 4624, 5156, 7036, "4688", None, True, 2**64)
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)

@@ -103,6 +103,34 @@ def test_security_logon_pids_are_numbers_in_evtx_too() -> None:
         assert event["process.pid"] == int(str(event["ProcessId"]), 16)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        EVTX_SAMPLES / "Command and Control" / "DE_RDP_Tunnel_5156.evtx",
+        OTRF / "atomic/windows/defense_evasion/host/cmd_mshta_vbscript_execute_psh",
+    ],
+    ids=["evtx", "ndjson"],
+)
+def test_filtering_platform_connections_carry_process_and_both_ends(path: Path) -> None:
+    if path.is_dir():
+        path = next(path.glob("*.json"))
+    _, events = read_all(path)
+    connections = [e for e in events if e["EventID"] == 5156]
+    assert connections
+    for event in connections:
+        assert event["event.category"] == ["network"]
+        assert event["event.type"] == ["connection", "allowed"]
+        assert event["process.executable"] == event["Application"]
+        assert event["process.pid"] == int(str(event["ProcessID"]))
+        assert (event["source.ip"], event["destination.ip"]) == (
+            event["SourceAddress"],
+            event["DestAddress"],
+        )
+        # Ports as numbers, as Sysmon's are; the record's own fields as written.
+        assert event["destination.port"] == int(str(event["DestPort"]))
+        assert event["source.port"] == int(str(event["SourcePort"]))
+
+
 def test_otrf_ndjson_reads_every_line() -> None:
     for path in sorted((OTRF / "atomic" / "windows").rglob("*.json")):
         reader, events = read_all(path)

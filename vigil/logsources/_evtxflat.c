@@ -743,14 +743,29 @@ static int set(PyObject *event, PyObject *key, PyObject *value)
     return PyDict_SetItem(event, key, value);
 }
 
-/* windows.hex_number: "0x1fc" as 508, as int(value, 16) reads it; any other value as it is.
- * Returns a new reference, or NULL on an error other than the text not being a number. */
-static PyObject *hex_number(PyObject *value)
+/* A text of ASCII digits only ("547", "0547"), which int(value) reads in base 10. */
+static int decimal_digits(PyObject *value)
 {
-    if (!PyUnicode_Check(value) || PyUnicode_GET_LENGTH(value) < 2 ||
-        PyUnicode_READ_CHAR(value, 0) != '0' ||
-        (PyUnicode_READ_CHAR(value, 1) != 'x' && PyUnicode_READ_CHAR(value, 1) != 'X'))
+    Py_ssize_t length = PyUnicode_GET_LENGTH(value);
+    if (length == 0 || !PyUnicode_IS_ASCII(value))
+        return 0;
+    const char *digits = (const char *)PyUnicode_1BYTE_DATA(value);
+    for (Py_ssize_t i = 0; i < length; i++)
+        if (digits[i] < '0' || digits[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* windows.number_of: "0x1fc" as 508, as int(value, 16) reads it, "547" as 547; any other value
+ * as it is. Returns a new reference, or NULL on an error other than the text not being a
+ * number. */
+static PyObject *number_of(PyObject *value)
+{
+    if (!PyUnicode_Check(value))
         return Py_NewRef(value);
+    if (PyUnicode_GET_LENGTH(value) < 2 || PyUnicode_READ_CHAR(value, 0) != '0' ||
+        (PyUnicode_READ_CHAR(value, 1) != 'x' && PyUnicode_READ_CHAR(value, 1) != 'X'))
+        return decimal_digits(value) ? PyLong_FromUnicodeObject(value, 10) : Py_NewRef(value);
     Py_ssize_t length = PyUnicode_GET_LENGTH(value);
     if (length > 2 && length <= 18 && PyUnicode_IS_ASCII(value)) {
         /* The usual pid: up to 16 plain hex digits, read here without a copy of the text. */
@@ -778,14 +793,14 @@ static PyObject *hex_number(PyObject *value)
     return number;
 }
 
-static int set_copy(PyObject *event, PyObject *key, PyObject *value, PyObject *hex_numbers)
+static int set_copy(PyObject *event, PyObject *key, PyObject *value, PyObject *numbers)
 {
-    if (PySet_GET_SIZE(hex_numbers) == 0)
+    if (PySet_GET_SIZE(numbers) == 0)
         return set(event, key, value);
-    int wanted = PySet_Contains(hex_numbers, key);
+    int wanted = PySet_Contains(numbers, key);
     if (wanted <= 0)
         return wanted < 0 ? -1 : set(event, key, value);
-    PyObject *number = hex_number(value);
+    PyObject *number = number_of(value);
     if (number == NULL)
         return -1;
     int done = set(event, key, number);
@@ -801,7 +816,7 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
     PyObject *scalars = PyTuple_GET_ITEM(profile, 1);
     PyObject *lists = PyTuple_GET_ITEM(profile, 2);
     PyObject *finish = PyTuple_GET_ITEM(profile, 3);
-    PyObject *hex_numbers = PyTuple_GET_ITEM(profile, 4);
+    PyObject *numbers = PyTuple_GET_ITEM(profile, 4);
     /* Sized up front: growing a dict of about 40 keys from empty rehashes it three times. */
     PyObject *event = _PyDict_NewPresized(f->count * 3 / 2 + 10 + PyTuple_GET_SIZE(scalars) +
                                           PyTuple_GET_SIZE(lists));
@@ -836,7 +851,7 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
         }
     }
     for (Py_ssize_t i = 0; i < copy_count; i++)
-        if (set_copy(event, copy_keys[i], f->values[copied[i]], hex_numbers) < 0)
+        if (set_copy(event, copy_keys[i], f->values[copied[i]], numbers) < 0)
             goto failed;
     if (set(event, key_log_file_path, path) < 0)
         goto failed;

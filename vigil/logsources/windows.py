@@ -163,10 +163,23 @@ _SECURITY_4688: dict[str, str] = {
 
 _LOGONS = {4624: "success", 4625: "failure"}
 
-# The Security log writes process ids in hex ("0x1fc"); ECS, and Sysmon, have numbers, so the
-# copies become numbers and a pid seen in one log finds the same process in the other. The
-# record's own fields keep the text as written.
-_SECURITY_HEX_NUMBERS = frozenset(("process.pid", "process.parent.pid"))
+# Windows Filtering Platform connections (permitted, blocked): the process and both ends.
+_CONNECTIONS = {5156: "allowed", 5157: "denied"}
+_SECURITY_CONNECTION: dict[str, str] = {
+    "ProcessID": "process.pid",
+    "Application": "process.executable",
+    "SourceAddress": "source.ip",
+    "SourcePort": "source.port",
+    "DestAddress": "destination.ip",
+    "DestPort": "destination.port",
+}
+
+# The Security log writes process ids in hex ("0x1fc") and ports as decimal text; ECS, and
+# Sysmon, have numbers, so the copies become numbers and a pid seen in one log finds the same
+# process in the other. The record's own fields keep the text as written.
+_SECURITY_NUMBERS = frozenset(
+    ("process.pid", "process.parent.pid", "source.port", "destination.port")
+)
 
 # A raw field whose name is an ECS namespace (or dotted) would break the nested form of the
 # event; such names are kept under winlog.event_data instead.
@@ -192,14 +205,14 @@ class Profile(NamedTuple):
     A tuple so that the native EVTX reader can read it: the ECS copies to make from the record's
     fields, the fixed fields (scalars, then lists copied per event), a step that looks at the
     record's own fields where the event id alone does not say enough, and the ECS copies that
-    are numbers where the record writes them in hex.
+    are numbers where the record writes them as text.
     """
 
     copies: dict[str, str]
     scalars: tuple[tuple[str, Any], ...]
     lists: tuple[tuple[str, tuple[str, ...]], ...]
     finish: Callable[[Event], None] | None
-    hex_numbers: frozenset[str]
+    numbers: frozenset[str]
 
 
 # (channel, event id) -> Profile, per os type. Bounded: a hostile file may invent channels.
@@ -255,10 +268,16 @@ def _make_profile(channel: str | None, event_id: int | None, os_type: str) -> Pr
             lists += [("event.category", ("authentication",)), ("event.type", ("start",))]
             scalars.append(("event.outcome", _LOGONS[event_id]))
             copies = {**copies, "TargetUserName": "user.name", "IpAddress": "source.ip"}
+        elif service == "security" and event_id in _CONNECTIONS:
+            lists += [
+                ("event.category", ("network",)),
+                ("event.type", ("connection", _CONNECTIONS[event_id])),
+            ]
+            copies = _SECURITY_CONNECTION
     if sigma:
         lists.append(("vigil.sigma.category", sigma))
-    hex_numbers = _SECURITY_HEX_NUMBERS if service == "security" else frozenset()
-    return Profile(copies, tuple(scalars), tuple(lists), finish, hex_numbers)
+    numbers = _SECURITY_NUMBERS if service == "security" else frozenset()
+    return Profile(copies, tuple(scalars), tuple(lists), finish, numbers)
 
 
 def windows_event(
@@ -306,9 +325,9 @@ def windows_event(
         copy = copies.get(name)
         if copy is not None:
             ecs[copy] = value
-    if profile.hex_numbers:
-        for key in profile.hex_numbers & ecs.keys():
-            ecs[key] = hex_number(ecs[key])
+    if profile.numbers:
+        for key in profile.numbers & ecs.keys():
+            ecs[key] = number_of(ecs[key])
     event.update(ecs)
 
     event["log.file.path"] = path
@@ -331,14 +350,16 @@ def windows_event(
     return event
 
 
-def hex_number(value: Any) -> Any:
-    """A ``0x``-prefixed hex text as its number; any other value as it is."""
-    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+def number_of(value: Any) -> Any:
+    """A ``0x``-prefixed hex text, or a text of ASCII digits, as its number; else as it is."""
+    if not isinstance(value, str):
+        return value
+    if value[:2] in ("0x", "0X"):
         try:
             return int(value, 16)
         except ValueError:
-            pass  # not a number after all: kept as written
-    return value
+            return value  # not a number after all: kept as written
+    return int(value) if value.isascii() and value.isdigit() else value
 
 
 def _registry_key_event(event: Event) -> None:
