@@ -286,3 +286,18 @@ def test_keyword_rules_see_syslog_lines_no_parser_recognises(
     rows = [r for r in csv.DictReader(io.StringIO(out)) if r["rule.id"].startswith("3d5e7f9a")]
     assert len(rows) == 85
     assert rows[0]["what"].startswith("reverse mapping checking getaddrinfo for ")
+
+
+def test_intel_matches_the_addresses_of_windows_firewall_connections(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    feed = tmp_path / "c2.txt"
+    feed.write_text("10.0.2.18\n")
+    tunnel = DATA / "evtx-attack-samples" / "Command and Control" / "DE_RDP_Tunnel_5156.evtx"
+    status, out, err = scan(capsys, "--intel", feed, "--format", "jsonl", tunnel)
+    assert status == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    # Security 5156 records name the address DestAddress; its ECS copy is what intel matches.
+    assert len(hits) == 5 and {h["event"]["EventID"] for h in hits} == {5156}
+    assert {h["intel"][0]["field"] for h in hits} == {"destination.ip"}
+    assert {h["event"]["process"]["pid"] for h in hits} == {4, 3324}
