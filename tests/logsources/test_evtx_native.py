@@ -191,17 +191,42 @@ def test_security_pids_become_numbers_the_same_way(written: str, pid: object) ->
     assert event["NewProcessId"] == written
 
 
+@pytest.mark.parametrize(
+    "order",
+    [("é", "Ã©"), ("Ã©", "é")],
+    ids=["utf8-first", "latin1-first"],
+)
+def test_one_byte_texts_read_in_place_are_the_same_texts(order: tuple[str, str]) -> None:
+    # "Ã©" in Latin-1 has the bytes of "é" in UTF-8: a record of one-byte text must not take
+    # the other's name from the cache of recurring names, nor its values.
+    wide = "\U0001f600"  # makes a record's text wide, so it is read as UTF-8
+    for name in order:
+        for tail in ("", wide):
+            record = {
+                "Event": {
+                    "System": {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational"},
+                    "EventData": {name: name + "\\" + name + tail, "Product": "Microsoft®"},
+                }
+            }
+            text = json.dumps(record, ensure_ascii=False)
+            assert assert_same_or_handed_over(text)
+            event = native(text)
+            assert event is not None
+            assert event[name] == name + "\\" + name + tail and event["Product"] == "Microsoft®"
+
+
 class RecordMaker:
     """Random records in the evtx JSON shape, odd values included, for parity checks."""
 
     TEXTS = ("C:\\Windows\\cmd.exe", "", "0x1a", "true", "deleteValue", 'a"\\\n\x01é\U0001f600')
+    TEXTS += ("Microsoft® Windows®", "Ã©\\é", "\x7f\x80\xff")
     HEX_TEXTS = ("0x1fc", "0X1FC", "0x", "0xzz", "0x1_f", " 0x1f", "0x" + "f" * 40, "0x１", "547")
     HEX_TEXTS += ("0547", "9" * 40, "٥", "12 ", "0")
     NUMBERS = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 1.5, 4688)
     NAMES = (
         "Image", "CommandLine", "ProcessId", "event", "a.b", "TargetUserName", "IpAddress",
         "EventType", "Initiated", "Data", "#attributes", "NewProcessId", "x" * 70, "é名",
-        "ProcessID", "DestPort", "DestAddress",
+        "ProcessID", "DestPort", "DestAddress", "café", "Ã©", "é",
     )  # fmt: skip
     CHANNELS = ("Security", "Microsoft-Windows-Sysmon/Operational", "System", "", None, 5)
     EVENT_IDS = (1, 3, 12, 4688, 4624, 5156, 7036, "4688", None, True, 2**64)

@@ -27,6 +27,7 @@ typedef struct {
     const char *p;
     const char *end;
     int unsupported; /* not a shape we handle: the caller falls back to Python */
+    int latin1;      /* the text is Latin-1 bytes (a one-byte str), not UTF-8 */
 } Cursor;
 
 /* Short strings (field names, channels, providers, computers) recur in every record: keep one
@@ -177,18 +178,31 @@ static char *put_utf8(char *out, unsigned int code)
     return out;
 }
 
+/* The raw bytes of a string as a str, read as the cursor's text is encoded. */
+static PyObject *decoded(const Cursor *c, const char *raw, Py_ssize_t length)
+{
+    return c->latin1 ? PyUnicode_DecodeLatin1(raw, length, NULL)
+                     : PyUnicode_DecodeUTF8(raw, length, "strict");
+}
+
 /* The JSON escapes of raw[0:length] resolved into UTF-8; a lone surrogate is unsupported. */
 static PyObject *unescaped_string(Cursor *c, const char *raw, Py_ssize_t length)
 {
-    /* An escape never grows: \uXXXX (6 bytes) is at most 3 bytes of UTF-8, a pair (12) is 4. */
-    char *buffer = PyMem_Malloc(length > 0 ? (size_t)length : 1);
+    /* An escape never grows: \uXXXX (6 bytes) is at most 3 bytes of UTF-8, a pair (12) is 4.
+     * A Latin-1 byte above 0x7F becomes two. */
+    size_t room = (size_t)length * (c->latin1 ? 2 : 1);
+    char *buffer = PyMem_Malloc(room > 0 ? room : 1);
     if (buffer == NULL)
         return PyErr_NoMemory();
     const char *p = raw, *end = raw + length;
     char *out = buffer;
     while (p < end) {
         if (*p != '\\') {
-            *out++ = *p++;
+            unsigned char byte = (unsigned char)*p++;
+            if (byte < 0x80 || !c->latin1)
+                *out++ = (char)byte;
+            else
+                out = put_utf8(out, byte);
             continue;
         }
         if (p + 1 >= end)
@@ -234,11 +248,17 @@ unsupported:
     return NULL;
 }
 
-static PyObject *cached_name(const char *raw, Py_ssize_t length)
+static PyObject *cached_name(const Cursor *c, const char *raw, Py_ssize_t length)
 {
     size_t key = (size_t)length; /* unsigned: its overflow wraps, as a hash should */
-    for (Py_ssize_t i = 0; i < length; i++)
+    unsigned char high = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
         key = key * 1000003u ^ (unsigned char)raw[i];
+        high |= (unsigned char)raw[i];
+    }
+    /* The cache holds texts by their UTF-8 bytes; Latin-1 bytes above 0x7F are other texts. */
+    if (c->latin1 && high >= 0x80)
+        return decoded(c, raw, length);
     NameSlot *slot = &name_cache[key % NAME_CACHE_SIZE];
     if (slot->text != NULL && slot->key == key && slot->length == length &&
         memcmp(PyUnicode_AsUTF8(slot->text), raw, (size_t)length) == 0) {
@@ -269,8 +289,8 @@ static PyObject *read_string(Cursor *c, int cache)
     if (escaped)
         return unescaped_string(c, raw, length);
     if (cache && length <= SHORT_STRING)
-        return cached_name(raw, length);
-    return PyUnicode_DecodeUTF8(raw, length, "strict");
+        return cached_name(c, raw, length);
+    return decoded(c, raw, length);
 }
 
 /* Whether a key's raw bytes are the literal. */
@@ -657,8 +677,8 @@ static int read_event_data(Cursor *c, Fields *f)
                 return 0;
             continue;
         }
-        PyObject *name = length <= SHORT_STRING ? cached_name(raw, length)
-                                                : PyUnicode_DecodeUTF8(raw, length, "strict");
+        PyObject *name =
+            length <= SHORT_STRING ? cached_name(c, raw, length) : decoded(c, raw, length);
         if (name == NULL)
             return 0;
         PyObject *value;
@@ -941,11 +961,19 @@ static PyObject *flatten(PyObject *module, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "flatten expects (str, str, dict, callable, frozenset)");
         return NULL;
     }
+    /* A one-byte str (ASCII, or Latin-1 such as Sysmon's "Microsoft®") is read in place; its
+     * UTF-8 copy would cost as much as reading the record. Wider texts are read as UTF-8. */
     Py_ssize_t size;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
-    if (utf8 == NULL)
+    const char *bytes;
+    int latin1 = 0;
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND) {
+        bytes = (const char *)PyUnicode_1BYTE_DATA(text);
+        size = PyUnicode_GET_LENGTH(text);
+        latin1 = !PyUnicode_IS_ASCII(text);
+    } else if ((bytes = PyUnicode_AsUTF8AndSize(text, &size)) == NULL) {
         return NULL;
-    Cursor cursor = {utf8, utf8 + size, 0};
+    }
+    Cursor cursor = {bytes, bytes + size, 0, latin1};
     System system = {0};
     Fields fields;
     fields.count = 0;
