@@ -12,6 +12,7 @@ import vigil.detect
 from vigil.detect import LogSource, RuleSet, builtin_rules_dir, event_logsources
 from vigil.detect.fieldmap import default_fieldmap
 from vigil.detect.rules import attack_tags
+from vigil.logsources.windows import windows_event
 
 from .helpers import network_event, one_rule, process_event, rule_text
 
@@ -304,3 +305,31 @@ def test_docs_list_every_mapped_field() -> None:
     for section, entries in default_fieldmap().table().items():
         for sigma_field in entries:
             assert f"`{sigma_field}`" in doc, f"docs/rules.md lacks {section}.{sigma_field}"
+
+
+IMPHASH_RULE = {
+    "selection": {"Hashes|contains": "IMPHASH=BCCA3C247B619DCD13C8CDFF5F123932"},
+    "condition": "selection",
+}
+SYSMON_HASHES = "SHA1=AB12,MD5=CD34,SHA256=EF56,IMPHASH=BCCA3C247B619DCD13C8CDFF5F123932"
+
+
+def test_hashes_rule_reads_sysmon_text_and_ecs_members_alike() -> None:
+    rule = one_rule(IMPHASH_RULE, {"product": "windows", "category": "process_creation"})
+    sysmon = windows_event(
+        data={"Image": r"C:\t\PetitPotam.exe", "Hashes": SYSMON_HASHES},
+        event_id=1,
+        channel="Microsoft-Windows-Sysmon/Operational",
+        provider="Microsoft-Windows-Sysmon",
+        computer="pc",
+        timestamp=None,
+        path="x.evtx",
+    )
+    # The reader splits the text into ECS fields; the rule still sees Sysmon's whole text.
+    assert sysmon["process.pe.imphash"] == "BCCA3C247B619DCD13C8CDFF5F123932"
+    assert rule.matches(sysmon)
+    # An event that only has the ECS members (Vigil's agent, Winlogbeat) is rebuilt from them.
+    ecs_only = {k: v for k, v in sysmon.items() if k != "Hashes"}
+    assert rule.matches(ecs_only)
+    ecs_only["process.pe.imphash"] = "0" * 32
+    assert not rule.matches(ecs_only)

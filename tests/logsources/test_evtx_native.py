@@ -220,16 +220,19 @@ class RecordMaker:
 
     TEXTS = ("C:\\Windows\\cmd.exe", "", "0x1a", "true", "deleteValue", 'a"\\\n\x01é\U0001f600')
     TEXTS += ("Microsoft® Windows®", "Ã©\\é", "\x7f\x80\xff")
+    TEXTS += ("SHA1=AB,MD5=CD,SHA256=EF,IMPHASH=01", "MD5=,=x,SHA1,SHA256=a=b", "C:\\dir\\")
+    TEXTS += ("/usr/bin/", "a/b\\c.exe", "\\")
     HEX_TEXTS = ("0x1fc", "0X1FC", "0x", "0xzz", "0x1_f", " 0x1f", "0x" + "f" * 40, "0x１", "547")
     HEX_TEXTS += ("0547", "9" * 40, "٥", "12 ", "0")
     NUMBERS = (0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 1.5, 4688)
     NAMES = (
         "Image", "CommandLine", "ProcessId", "event", "a.b", "TargetUserName", "IpAddress",
         "EventType", "Initiated", "Data", "#attributes", "NewProcessId", "x" * 70, "é名",
-        "ProcessID", "DestPort", "DestAddress", "café", "Ã©", "é",
+        "ProcessID", "DestPort", "DestAddress", "café", "Ã©", "é", "Hashes", "Hash",
+        "TargetFilename", "ParentImage",
     )  # fmt: skip
     CHANNELS = ("Security", "Microsoft-Windows-Sysmon/Operational", "System", "", None, 5)
-    EVENT_IDS = (1, 3, 12, 4688, 4624, 5156, 7036, "4688", None, True, 2**64)
+    EVENT_IDS = (1, 3, 7, 12, 15, 4688, 4624, 5156, 7036, "4688", None, True, 2**64)
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)

@@ -131,6 +131,25 @@ def test_filtering_platform_connections_carry_process_and_both_ends(path: Path) 
         assert event["source.port"] == int(str(event["SourcePort"]))
 
 
+def test_sysmon_hashes_and_file_names_become_ecs_fields() -> None:
+    path = (
+        EVTX_SAMPLES
+        / "AutomatedTestingTools/Malware/DE_timestomp_and_dll_sideloading_and_RunPersist.evtx"
+    )
+    _, events = read_all(path)
+    started = next(e for e in events if e["EventID"] == 1 and "Flash_update" in str(e["Image"]))
+    assert started["process.name"] == "Flash_update.exe"
+    assert str(started["ParentImage"]).endswith("\\" + str(started["process.parent.name"]))
+    sha256 = "1A061C74619DE6AF8C02CBA0FA00754BDD9E3515C0E08CAD6350C7ADFC8CDD5B"
+    assert started["process.hash.sha256"] == sha256
+    assert started["process.hash.md5"].startswith("42893ADBC3")
+    assert started["process.pe.imphash"] == "40BEC1A4A3BCB7D3089B5E1532386613"
+    assert f"SHA256={sha256}" in started["Hashes"]  # the record's own field as written
+    loaded = [e for e in events if e["EventID"] == 7 and "Hashes" in e]
+    assert loaded and all(e["dll.hash.sha256"] in e["Hashes"] for e in loaded)
+    assert all(str(e["ImageLoaded"]).endswith(e["dll.name"]) for e in loaded)
+
+
 def test_otrf_ndjson_reads_every_line() -> None:
     for path in sorted((OTRF / "atomic" / "windows").rglob("*.json")):
         reader, events = read_all(path)

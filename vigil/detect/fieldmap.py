@@ -24,7 +24,7 @@ FIELDMAP_PATH = Path(__file__).with_name("fieldmap.yml")
 # Returned by accessors for a field the event does not have (distinct from a present None).
 MISSING: Any = object()
 
-_HASH_ALGORITHMS = (("MD5", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256"), ("IMPHASH", "imphash"))
+_HASH_ALGORITHMS = (("MD5", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256"))
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,18 @@ class FieldAccessor:
         """Build the fastest function that returns the field's value or :data:`MISSING`."""
         keys = self.keys
         if self.hashes_of is not None:
-            prefix = self.hashes_of + "."
             raw = self.sigma_name
+            # ECS keeps the import hash beside the file's hashes: process.hash -> process.pe.
+            owner = self.hashes_of.removesuffix(".hash")
+            members = [(label, f"{self.hashes_of}.{name}") for label, name in _HASH_ALGORITHMS]
+            members.append(("IMPHASH", f"{owner}.pe.imphash"))
 
             def get_hashes(event: Mapping[str, Any]) -> Any:
-                parts = [
-                    f"{label}={event[prefix + name]}"
-                    for label, name in _HASH_ALGORITHMS
-                    if event.get(prefix + name)
-                ]
-                return ",".join(parts) if parts else event.get(raw, MISSING)
+                written = event.get(raw, MISSING)
+                if written is not MISSING:
+                    return written  # the record's own text (Sysmon), in its own order
+                parts = [f"{label}={event[key]}" for label, key in members if event.get(key)]
+                return ",".join(parts) if parts else MISSING
 
             return get_hashes
         if len(keys) == 1:

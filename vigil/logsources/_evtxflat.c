@@ -40,7 +40,7 @@ typedef struct {
 
 static NameSlot name_cache[NAME_CACHE_SIZE];
 
-static PyObject *empty_string;
+static PyObject *empty_string, *comma, *equals;
 static PyObject *event_data_prefix;
 static PyObject *key_log_file_path, *key_timestamp, *key_event_provider, *key_provider_name,
     *key_winlog_provider_name, *key_computer, *key_host_name, *key_record_id;
@@ -828,6 +828,76 @@ static int set_copy(PyObject *event, PyObject *key, PyObject *value, PyObject *n
     return done;
 }
 
+/* windows.base_name: the text after the last backslash or slash; NULL with no error set when
+ * that is empty or the value is not a str. */
+static PyObject *base_name(PyObject *path)
+{
+    if (!PyUnicode_Check(path))
+        return NULL;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(path);
+    Py_ssize_t backslash = PyUnicode_FindChar(path, '\\', 0, length, -1);
+    Py_ssize_t slash = PyUnicode_FindChar(path, '/', 0, length, -1);
+    if (backslash == -2 || slash == -2)
+        return NULL;
+    Py_ssize_t start = (backslash > slash ? backslash : slash) + 1;
+    return start < length ? PyUnicode_Substring(path, start, length) : NULL;
+}
+
+/* The ECS names of the copied paths (windows_event's loop over profile.names). */
+static int add_names(PyObject *event, PyObject *names)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(names, i);
+        PyObject *path = PyDict_GetItemWithError(event, PyTuple_GET_ITEM(pair, 0));
+        if (path == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        PyObject *name = base_name(path);
+        if (name == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        int done = set(event, PyTuple_GET_ITEM(pair, 1), name);
+        Py_DECREF(name);
+        if (done < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* windows._add_hashes: "SHA1=...,MD5=..." split as text.split(",") and part.partition("="). */
+static int add_hashes(PyObject *event, PyObject *field, PyObject *keys)
+{
+    PyObject *text = PyDict_GetItemWithError(event, field);
+    if (text == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyUnicode_Check(text))
+        return 0;
+    PyObject *parts = PyUnicode_Split(text, comma, -1);
+    if (parts == NULL)
+        return -1;
+    int status = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts) && status == 0; i++) {
+        PyObject *split = PyUnicode_Partition(PyList_GET_ITEM(parts, i), equals);
+        if (split == NULL) {
+            status = -1;
+            break;
+        }
+        PyObject *value = PyTuple_GET_ITEM(split, 2);
+        PyObject *key = PyDict_GetItemWithError(keys, PyTuple_GET_ITEM(split, 0));
+        if (key == NULL && PyErr_Occurred())
+            status = -1;
+        else if (key != NULL && PyUnicode_GET_LENGTH(value) > 0)
+            status = set(event, key, value);
+        Py_DECREF(split);
+    }
+    Py_DECREF(parts);
+    return status;
+}
+
 /* The flat event, built as windows.windows_event builds it. */
 static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *profile,
                              PyObject *reserved)
@@ -837,6 +907,9 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
     PyObject *lists = PyTuple_GET_ITEM(profile, 2);
     PyObject *finish = PyTuple_GET_ITEM(profile, 3);
     PyObject *numbers = PyTuple_GET_ITEM(profile, 4);
+    PyObject *names = PyTuple_GET_ITEM(profile, 5);
+    PyObject *hash_field = PyTuple_GET_ITEM(profile, 6);
+    PyObject *hash_keys = PyTuple_GET_ITEM(profile, 7);
     /* Sized up front: growing a dict of about 40 keys from empty rehashes it three times. */
     PyObject *event = _PyDict_NewPresized(f->count * 3 / 2 + 10 + PyTuple_GET_SIZE(scalars) +
                                           PyTuple_GET_SIZE(lists));
@@ -873,6 +946,10 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
     for (Py_ssize_t i = 0; i < copy_count; i++)
         if (set_copy(event, copy_keys[i], f->values[copied[i]], numbers) < 0)
             goto failed;
+    if (add_names(event, names) < 0)
+        goto failed;
+    if (hash_keys != Py_None && add_hashes(event, hash_field, hash_keys) < 0)
+        goto failed;
     if (set(event, key_log_file_path, path) < 0)
         goto failed;
     if (s->created != NULL && s->created != Py_None && set(event, key_timestamp, s->created) < 0)
@@ -922,6 +999,26 @@ failed:
     return NULL;
 }
 
+/* Whether a profile has the types build_event reads without checking again. */
+static int profile_shaped(PyObject *profile)
+{
+    if (!PyTuple_Check(profile) || PyTuple_GET_SIZE(profile) != 8 ||
+        !PyDict_Check(PyTuple_GET_ITEM(profile, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(profile, 1)) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(profile, 2)) || !PyAnySet_Check(PyTuple_GET_ITEM(profile, 4)) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(profile, 5)))
+        return 0;
+    PyObject *names = PyTuple_GET_ITEM(profile, 5);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(names, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) || !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1)))
+            return 0;
+    }
+    PyObject *hash_keys = PyTuple_GET_ITEM(profile, 7);
+    return hash_keys == Py_None ||
+           (PyDict_Check(hash_keys) && PyUnicode_Check(PyTuple_GET_ITEM(profile, 6)));
+}
+
 static PyObject *find_profile(System *s, PyObject *profiles, PyObject *profile_for)
 {
     PyObject *channel = s->channel != NULL ? s->channel : Py_None;
@@ -936,12 +1033,8 @@ static PyObject *find_profile(System *s, PyObject *profiles, PyObject *profile_f
     } else if (!PyErr_Occurred()) {
         profile = PyObject_CallFunctionObjArgs(profile_for, channel, event_id, NULL);
     }
-    if (profile != NULL &&
-        (!PyTuple_Check(profile) || PyTuple_GET_SIZE(profile) != 5 ||
-         !PyDict_Check(PyTuple_GET_ITEM(profile, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(profile, 1)) ||
-         !PyTuple_Check(PyTuple_GET_ITEM(profile, 2)) ||
-         !PyAnySet_Check(PyTuple_GET_ITEM(profile, 4)))) {
-        PyErr_SetString(PyExc_TypeError, "profile_for must return a 5-item profile tuple");
+    if (profile != NULL && !profile_shaped(profile)) {
+        PyErr_SetString(PyExc_TypeError, "profile_for must return an 8-item windows.Profile");
         Py_CLEAR(profile);
     }
     return profile;
@@ -1015,6 +1108,8 @@ static int intern_keys(void)
         const char *text;
     } keys[] = {
         {&empty_string, ""},
+        {&comma, ","},
+        {&equals, "="},
         {&event_data_prefix, "winlog.event_data."},
         {&key_log_file_path, "log.file.path"},
         {&key_timestamp, "@timestamp"},

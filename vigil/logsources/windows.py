@@ -181,6 +181,37 @@ _SECURITY_NUMBERS = frozenset(
     ("process.pid", "process.parent.pid", "source.port", "destination.port")
 )
 
+# ECS names derived from the copied paths: the file name an intelligence feed or an analyst
+# searches for ("mimikatz.exe") is the path's last part, in Windows and in Linux paths.
+_NAMES: tuple[tuple[str, str], ...] = (
+    ("process.executable", "process.name"),
+    ("process.parent.executable", "process.parent.name"),
+    ("file.path", "file.name"),
+    ("dll.path", "dll.name"),
+)
+
+# Sysmon writes the hashes of what an event is about in one field ("SHA1=...,MD5=...,
+# SHA256=...,IMPHASH=..."): Sysmon event id -> (that field, whose hashes they are in ECS).
+_SYSMON_HASHES: dict[int, tuple[str, str]] = {
+    1: ("Hashes", "process"),
+    6: ("Hashes", "dll"),  # the driver, whose path is copied to dll.path as ImageLoaded
+    7: ("Hashes", "dll"),
+    15: ("Hash", "file"),
+    23: ("Hashes", "file"),
+    26: ("Hashes", "file"),
+    29: ("Hashes", "file"),
+}
+
+
+def _hash_keys(owner: str) -> dict[str, str]:
+    return {
+        "MD5": f"{owner}.hash.md5",
+        "SHA1": f"{owner}.hash.sha1",
+        "SHA256": f"{owner}.hash.sha256",
+        "IMPHASH": f"{owner}.pe.imphash",
+    }
+
+
 # A raw field whose name is an ECS namespace (or dotted) would break the nested form of the
 # event; such names are kept under winlog.event_data instead.
 RESERVED_NAMES = frozenset(
@@ -204,8 +235,9 @@ class Profile(NamedTuple):
 
     A tuple so that the native EVTX reader can read it: the ECS copies to make from the record's
     fields, the fixed fields (scalars, then lists copied per event), a step that looks at the
-    record's own fields where the event id alone does not say enough, and the ECS copies that
-    are numbers where the record writes them as text.
+    record's own fields where the event id alone does not say enough, the ECS copies that are
+    numbers where the record writes them as text, the ECS names to derive from copied paths,
+    and the record field holding Sysmon's hashes with the ECS key of each algorithm in it.
     """
 
     copies: dict[str, str]
@@ -213,6 +245,9 @@ class Profile(NamedTuple):
     lists: tuple[tuple[str, tuple[str, ...]], ...]
     finish: Callable[[Event], None] | None
     numbers: frozenset[str]
+    names: tuple[tuple[str, str], ...]
+    hash_field: str | None
+    hash_keys: dict[str, str] | None
 
 
 # (channel, event id) -> Profile, per os type. Bounded: a hostile file may invent channels.
@@ -251,7 +286,12 @@ def _make_profile(channel: str | None, event_id: int | None, os_type: str) -> Pr
     lists: list[tuple[str, tuple[str, ...]]] = []
     finish: Callable[[Event], None] | None = None
     sigma: tuple[str, ...] = ()
+    hash_field: str | None = None
+    hash_keys: dict[str, str] | None = None
     if service == "sysmon" and event_id is not None:
+        if event_id in _SYSMON_HASHES:
+            hash_field, owner = _SYSMON_HASHES[event_id]
+            hash_keys = _hash_keys(owner)
         known = _SYSMON.get(event_id)
         if known is not None:
             sigma, categories, types = known
@@ -277,7 +317,9 @@ def _make_profile(channel: str | None, event_id: int | None, os_type: str) -> Pr
     if sigma:
         lists.append(("vigil.sigma.category", sigma))
     numbers = _SECURITY_NUMBERS if service == "security" else frozenset()
-    return Profile(copies, tuple(scalars), tuple(lists), finish, numbers)
+    return Profile(
+        copies, tuple(scalars), tuple(lists), finish, numbers, _NAMES, hash_field, hash_keys
+    )
 
 
 def windows_event(
@@ -329,6 +371,12 @@ def windows_event(
         for key in profile.numbers & ecs.keys():
             ecs[key] = number_of(ecs[key])
     event.update(ecs)
+    for source, target in profile.names:
+        base = base_name(ecs.get(source))
+        if base:
+            event[target] = base
+    if profile.hash_keys is not None:
+        _add_hashes(event, event.get(profile.hash_field or ""), profile.hash_keys)
 
     event["log.file.path"] = path
     if timestamp is not None:
@@ -348,6 +396,24 @@ def windows_event(
     if profile.finish is not None:
         profile.finish(event)
     return event
+
+
+def base_name(path: Any) -> str | None:
+    """The last part of a Windows or POSIX path text (``cmd.exe``); None for a non-text."""
+    if not isinstance(path, str):
+        return None
+    return path[max(path.rfind("\\"), path.rfind("/")) + 1 :]
+
+
+def _add_hashes(event: Event, text: Any, keys: Mapping[str, str]) -> None:
+    # "SHA1=...,MD5=...": each algorithm Vigil knows goes to its ECS key, its value as written.
+    if not isinstance(text, str):
+        return
+    for part in text.split(","):
+        algorithm, _, value = part.partition("=")
+        key = keys.get(algorithm)
+        if key is not None and value:
+            event[key] = value
 
 
 def number_of(value: Any) -> Any:
