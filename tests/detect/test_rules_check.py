@@ -160,3 +160,11 @@ def test_a_bad_regular_expression_is_explained_once_in_words(
     # The evaluator runs Python's re, so a pattern it runs is not refused for another engine.
     assert "lookahead.yml" not in out and "2 rules and 1 correlation rules loaded" in out
     assert err == ""
+
+
+def test_repeated_ids_are_one_reason(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("copy1.yml", "copy2.yml"):
+        (folder / name).write_text(rule_text(GOOD))
+    assert main(["rules", "check", "--json", str(folder)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["by_reason"] == {"an earlier rule in ... has this id": 2}

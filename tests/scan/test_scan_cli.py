@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,6 +267,38 @@ def test_summary_names_the_files_no_reader_took(capsys: pytest.CaptureFixture[st
     assert status == 0  # files in a folder that are not logs are not an error
     assert "194 files, 5,862 events" in err
     assert "2 not recognised: LICENSE.GPL, README.md)" in err
+    # Named by their place in the folder, so that two LICENSE files are told apart.
+    status, _, err = scan(capsys, "--format", "jsonl", DATA / "linux-logs")
+    assert "not recognised: elastic-integrations-system-auth/LICENSE.txt, " in err
+
+
+def test_a_path_given_twice_or_inside_a_folder_given_is_scanned_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, once, _ = scan(capsys, "--format", "jsonl", ATOMIC_LINUX)
+    status, twice, err = scan(capsys, "--format", "jsonl", ATOMIC_LINUX, ATOMIC_LINUX)
+    assert status == 0 and twice == once
+    assert "from 2 files, 18 events" in err
+    inner = next(p for p in ATOMIC_LINUX.rglob("*.log"))
+    status, _, err = scan(capsys, "--format", "jsonl", ATOMIC_LINUX, inner)
+    assert "from 2 files, 18 events" in err
+
+
+def test_output_to_a_reader_that_goes_away_ends_quietly() -> None:
+    # `vigil scan ... | head -1`: the pipe closes after one line.
+    command = [sys.executable, "-m", "vigil.cli.main", "scan", "--format", "jsonl"]
+    command += [
+        "--rules",
+        str(DATA / "sigma" / "rules" / "windows"),
+        str(DATA / "evtx-attack-samples"),
+    ]
+    scan_run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert scan_run.stdout is not None and scan_run.stderr is not None
+    assert json.loads(scan_run.stdout.readline())["rule"]["id"]
+    scan_run.stdout.close()
+    err = scan_run.stderr.read().decode()
+    assert scan_run.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
 
 
 def test_keyword_rules_see_syslog_lines_no_parser_recognises(
@@ -301,3 +335,54 @@ def test_intel_matches_the_addresses_of_windows_firewall_connections(
     assert len(hits) == 5 and {h["event"]["EventID"] for h in hits} == {5156}
     assert {h["intel"][0]["field"] for h in hits} == {"destination.ip"}
     assert {h["event"]["process"]["pid"] for h in hits} == {4, 3324}
+
+
+def test_intel_hashes_and_file_names_match_sysmon_events(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sha256 = "1a061c74619de6af8c02cba0fa00754bdd9e3515c0e08cad6350c7adfc8cdd5b"
+    hashes = tmp_path / "hashes.txt"
+    hashes.write_text(sha256 + "\n")
+    names = tmp_path / "names.json"
+    indicator = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": "indicator--5e1d6a3c-7f0b-4d2e-9a8c-1b2c3d4e5f60",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "pattern": "[file:name = 'Flash_update.exe']",
+        "pattern_type": "stix",
+        "valid_from": "2026-01-01T00:00:00Z",
+    }
+    bundle = {"type": "bundle", "id": "bundle--0b6f1e2d-3c4a-4b5c-8d6e-7f8091a2b3c4"}
+    names.write_text(json.dumps({**bundle, "objects": [indicator]}))
+    sample = (
+        DATA / "evtx-attack-samples" / "AutomatedTestingTools" / "Malware"
+        / "DE_timestomp_and_dll_sideloading_and_RunPersist.evtx"
+    )  # fmt: skip
+    status, out, err = scan(
+        capsys, "--intel", hashes, "--intel", names, "--format", "jsonl", sample
+    )
+    assert status == 0, err
+    fields = {
+        (hit["field"], hit["value"].lower())
+        for found in map(json.loads, out.splitlines())
+        for hit in found["intel"]
+    }
+    # Sysmon writes the hashes in one field and the image as a path; both reach the feeds.
+    assert ("process.hash.sha256", sha256) in fields
+    assert ("process.name", "flash_update.exe") in fields
+
+
+def test_feeds_of_the_wrong_shape_say_what_was_expected(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    empty = tmp_path / "feed-folder"
+    empty.mkdir()
+    status, _, err = scan(capsys, "--intel", empty, ATOMIC_LINUX)
+    assert status == 2
+    assert "is a folder, read as a MISP feed, and has no manifest.json" in err
+    binary = DATA / "evtx-attack-samples" / "Command and Control" / "DE_RDP_Tunnel_5156.evtx"
+    status, _, err = scan(capsys, "--intel", binary, ATOMIC_LINUX)
+    assert status == 2 and "reads as a list feed (the first: " in err
+    assert max(map(len, err.splitlines())) < 600  # the start of a binary "entry", not all of it

@@ -550,10 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("up", "server", "agent"):
             return _run_long(args)
-        if args.command == "scan":
-            return scan.run(args)
-        if args.command == "rules":
-            return rules.run(args)
+        if args.command in ("scan", "rules"):
+            try:
+                return scan.run(args) if args.command == "scan" else rules.run(args)
+            except BrokenPipeError:
+                return _reader_gone()  # `vigil scan ... | head`
         result = _api_call(args, ApiClient.from_environment(_data_dir(args)))
     except (CliError, VigilError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
@@ -565,10 +566,15 @@ def main(argv: list[str] | None = None) -> int:
             output.render(args, result)
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader went away (`vigil tasks list | head`): not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return _reader_gone()  # `vigil tasks list | head`
     return task_exit_code(args, result)
+
+
+def _reader_gone() -> int:
+    # The reader of our output went away: not an error of ours. Python's own flush at exit
+    # would fail on the closed pipe again, so stdout goes to /dev/null from here on.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def task_exit_code(args: argparse.Namespace, result: Any) -> int:

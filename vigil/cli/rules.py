@@ -30,6 +30,7 @@ EXIT_BAD_ARGUMENTS = 2
 # What differs between two failures of the same kind: quoted names and numbers (placeholder
 # names are kept: which values are missing is what a reader of the summary needs).
 _SPECIFICS = (
+    (re.compile(r"^an earlier rule in .* has this id"), "an earlier rule in ... has this id"),
     (re.compile(r"'[^']*'|\"[^\"]*\""), "'...'"),
     (re.compile(r"\b\d+\b"), "N"),
 )

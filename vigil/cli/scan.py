@@ -217,15 +217,21 @@ def load_rules(
     return rules
 
 
-def scan_files(paths: Sequence[Path]) -> Iterator[tuple[Path, bool]]:
-    """Every file to scan, and whether it was named on the command line; folders recursively."""
+def scan_files(paths: Sequence[Path]) -> Iterator[tuple[Path, Path | None]]:
+    """Every file to scan once, with the folder it was found in (None when named on the command
+    line); folders recursively. A path given twice, or inside a folder given, is read once."""
+    seen: set[Path] = set()
     for path in paths:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file():
-                    yield child, False
-        else:
-            yield path, True
+        found = (
+            [(child, path) for child in sorted(path.rglob("*")) if child.is_file()]
+            if path.is_dir()
+            else [(path, None)]
+        )
+        for file, folder in found:
+            real = file.resolve()
+            if real not in seen:
+                seen.add(real)
+                yield file, folder
 
 
 class _Progress:
@@ -386,13 +392,13 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 stats.by_rule[(rule.id, rule.level, rule.title)] += 1
                 writer.write(rule, event)
 
-    for done, (path, named) in enumerate(files, start=1):
+    for done, (path, folder) in enumerate(files, start=1):
         progress.update(done - 1, stats.events)
         try:
             reader = reader_for(path)
         except NoReader as exc:
-            stats.skipped_files.append(path.name)
-            if named:
+            stats.skipped_files.append(str(path.relative_to(folder)) if folder else str(path))
+            if folder is None:
                 print(f"vigil scan: {exc}", file=err)
                 status = EXIT_BAD_INPUT
             logger.debug("%s", exc)

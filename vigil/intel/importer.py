@@ -84,10 +84,15 @@ def import_feed(
         # Every entry failed: far more likely the wrong kind than a feed of nothing but typos.
         raise FeedError(
             f"none of the {len(invalid)} entries of {result.source} reads as a {kind} feed "
-            f"(the first: {invalid[0].detail}); is the kind right? "
+            f"(the first: {_shown(invalid[0].detail)}); is the kind right? "
             f"Kinds: {', '.join(sorted(REGISTRY))}"
         )
     added, updated, unchanged = store.add(result.indicators)
     report = ImportReport(result.source, added, updated, unchanged, result.skipped)
     log.info("imported %s feed %s: %s", kind, result.source, report.counts())
     return report
+
+
+def _shown(detail: str, limit: int = 120) -> str:
+    # A binary file given as a list makes one "entry" of kilobytes; its start tells enough.
+    return detail if len(detail) <= limit else f"{detail[:limit]}... ({len(detail):,} characters)"

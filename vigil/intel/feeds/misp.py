@@ -77,6 +77,11 @@ class MispReader(FeedReader):
             base = text[: -len("manifest.json")]
         elif is_url(location) or Path(location).is_dir():
             base = text.rstrip("/") + "/"
+            if not is_url(location) and not Path(base + "manifest.json").is_file():
+                raise FeedError(
+                    f"{location} is a folder, read as a MISP feed, and has no manifest.json; "
+                    "give the feed's folder (manifest.json + <uuid>.json) or a feed file"
+                )
         else:
             return [location]
         manifest = _load_json(base + "manifest.json")
