@@ -36,6 +36,12 @@ typedef struct {
     size_t key;
     Py_ssize_t length;
     PyObject *text;
+    /* What build_event worked out for a field of this name, and the reserved-name set and the
+     * copies table it was worked out with: held, so that neither address can be reused. */
+    PyObject *hidden_for;
+    int hidden;
+    PyObject *copies_for;
+    PyObject *copy; /* the name's ECS copy in copies_for, or NULL */
 } NameSlot;
 
 static NameSlot name_cache[NAME_CACHE_SIZE];
@@ -248,8 +254,10 @@ unsupported:
     return NULL;
 }
 
-static PyObject *cached_name(const Cursor *c, const char *raw, Py_ssize_t length)
+static PyObject *cached_name(const Cursor *c, const char *raw, Py_ssize_t length, NameSlot **where)
 {
+    if (where != NULL)
+        *where = NULL;
     size_t key = (size_t)length; /* unsigned: its overflow wraps, as a hash should */
     unsigned char high = 0;
     for (Py_ssize_t i = 0; i < length; i++) {
@@ -263,6 +271,8 @@ static PyObject *cached_name(const Cursor *c, const char *raw, Py_ssize_t length
     if (slot->text != NULL && slot->key == key && slot->length == length &&
         memcmp(PyUnicode_AsUTF8(slot->text), raw, (size_t)length) == 0) {
         Py_INCREF(slot->text);
+        if (where != NULL)
+            *where = slot;
         return slot->text;
     }
     PyObject *text = PyUnicode_DecodeUTF8(raw, length, "strict");
@@ -275,6 +285,11 @@ static PyObject *cached_name(const Cursor *c, const char *raw, Py_ssize_t length
     Py_XSETREF(slot->text, Py_NewRef(text));
     slot->key = key;
     slot->length = length;
+    Py_CLEAR(slot->hidden_for);
+    Py_CLEAR(slot->copies_for);
+    Py_CLEAR(slot->copy);
+    if (where != NULL)
+        *where = slot;
     return text;
 }
 
@@ -289,7 +304,7 @@ static PyObject *read_string(Cursor *c, int cache)
     if (escaped)
         return unescaped_string(c, raw, length);
     if (cache && length <= SHORT_STRING)
-        return cached_name(c, raw, length);
+        return cached_name(c, raw, length, NULL);
     return decoded(c, raw, length);
 }
 
@@ -642,6 +657,7 @@ typedef struct {
     Py_ssize_t count;
     PyObject *names[MAX_FIELDS];
     PyObject *values[MAX_FIELDS];
+    NameSlot *slots[MAX_FIELDS]; /* the name's slot in the name cache, or NULL */
 } Fields;
 
 static void fields_clear(Fields *f)
@@ -677,8 +693,9 @@ static int read_event_data(Cursor *c, Fields *f)
                 return 0;
             continue;
         }
+        NameSlot *slot = NULL;
         PyObject *name =
-            length <= SHORT_STRING ? cached_name(c, raw, length) : decoded(c, raw, length);
+            length <= SHORT_STRING ? cached_name(c, raw, length, &slot) : decoded(c, raw, length);
         if (name == NULL)
             return 0;
         PyObject *value;
@@ -697,6 +714,7 @@ static int read_event_data(Cursor *c, Fields *f)
             Py_SETREF(value, Py_NewRef(empty_string));
         }
         f->names[f->count] = name;
+        f->slots[f->count] = slot;
         f->values[f->count] = value;
         f->count++;
     } while (take(c, ','));
@@ -920,11 +938,23 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
     Py_ssize_t copy_count = 0;
     for (Py_ssize_t i = 0; i < f->count; i++) {
         PyObject *name = f->names[i];
-        int hidden = PySet_Contains(reserved, name);
-        if (hidden < 0)
-            goto failed;
-        if (!hidden)
-            hidden = PyUnicode_FindChar(name, '.', 0, PyUnicode_GET_LENGTH(name), 1) >= 0;
+        NameSlot *slot = f->slots[i];
+        if (slot != NULL && slot->text != name)
+            slot = NULL; /* refilled by another name since this record read it */
+        int hidden;
+        if (slot != NULL && slot->hidden_for == reserved) {
+            hidden = slot->hidden;
+        } else {
+            hidden = PySet_Contains(reserved, name);
+            if (hidden < 0)
+                goto failed;
+            if (!hidden)
+                hidden = PyUnicode_FindChar(name, '.', 0, PyUnicode_GET_LENGTH(name), 1) >= 0;
+            if (slot != NULL) {
+                Py_XSETREF(slot->hidden_for, Py_NewRef(reserved));
+                slot->hidden = hidden;
+            }
+        }
         if (hidden) {
             PyObject *key = PyUnicode_Concat(event_data_prefix, name);
             if (key == NULL || set(event, key, f->values[i]) < 0) {
@@ -935,12 +965,21 @@ static PyObject *build_event(System *s, Fields *f, PyObject *path, PyObject *pro
         } else if (set(event, name, f->values[i]) < 0) {
             goto failed;
         }
-        PyObject *copy = PyDict_GetItemWithError(copies, name);
+        PyObject *copy;
+        if (slot != NULL && slot->copies_for == copies) {
+            copy = slot->copy; /* profiles, their copies included, do not change once made */
+        } else {
+            copy = PyDict_GetItemWithError(copies, name);
+            if (copy == NULL && PyErr_Occurred())
+                goto failed;
+            if (slot != NULL) {
+                Py_XSETREF(slot->copies_for, Py_NewRef(copies));
+                Py_XSETREF(slot->copy, Py_XNewRef(copy));
+            }
+        }
         if (copy != NULL) {
             copied[copy_count] = i;
             copy_keys[copy_count++] = copy;
-        } else if (PyErr_Occurred()) {
-            goto failed;
         }
     }
     for (Py_ssize_t i = 0; i < copy_count; i++)
