@@ -123,7 +123,7 @@ def test_intel_feeds_match_offline(capsys: pytest.CaptureFixture[str], tmp_path:
     hits = [json.loads(line) for line in out.splitlines()]
     hits = [h for h in hits if h["rule"]["id"].startswith("intel:")]
     assert hits and all(h["rule"]["id"] == "intel:ipv4:192.168.2.6" for h in hits)
-    assert "intel " in err and "added 1" in err
+    assert "intel " in err and "added 1 (ipv4 1)" in err
     # Each says which field held which value, and which feed named it.
     first = hits[0]["intel"][0]
     assert (first["observed"], first["value"], first["source"]) == ("192.168.2.6",) * 2 + (
@@ -266,10 +266,11 @@ def test_summary_names_the_files_no_reader_took(capsys: pytest.CaptureFixture[st
     status, _, err = scan(capsys, "--format", "jsonl", DATA / "evtx-attack-samples")
     assert status == 0  # files in a folder that are not logs are not an error
     assert "194 files, 5,862 events" in err
-    assert "2 not recognised: LICENSE.GPL, README.md)" in err
-    # Named by their place in the folder, so that two LICENSE files are told apart.
+    names = "evtx-attack-samples/LICENSE.GPL, evtx-attack-samples/README.md"
+    assert f"2 not recognised: {names})" in err
+    # Named from the folder given, so that two LICENSE files are told apart.
     status, _, err = scan(capsys, "--format", "jsonl", DATA / "linux-logs")
-    assert "not recognised: elastic-integrations-system-auth/LICENSE.txt, " in err
+    assert "not recognised: linux-logs/elastic-integrations-system-auth/LICENSE.txt, " in err
 
 
 def test_a_path_given_twice_or_inside_a_folder_given_is_scanned_once(
@@ -382,7 +383,11 @@ def test_feeds_of_the_wrong_shape_say_what_was_expected(
     status, _, err = scan(capsys, "--intel", empty, ATOMIC_LINUX)
     assert status == 2
     assert "is a folder, read as a MISP feed, and has no manifest.json" in err
-    binary = DATA / "evtx-attack-samples" / "Command and Control" / "DE_RDP_Tunnel_5156.evtx"
+    log = DATA / "evtx-attack-samples" / "Command and Control" / "DE_RDP_Tunnel_5156.evtx"
+    status, _, err = scan(capsys, "--intel", log, ATOMIC_LINUX)
+    assert status == 2 and "is a Windows event log, not a feed: give it as a PATH to scan" in err
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 64)
     status, _, err = scan(capsys, "--intel", binary, ATOMIC_LINUX)
     assert status == 2 and "reads as a list feed (the first: " in err
     assert max(map(len, err.splitlines())) < 600  # the start of a binary "entry", not all of it

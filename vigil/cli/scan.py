@@ -29,9 +29,9 @@ from vigil.cli.output import table
 from vigil.cli.rules import add_placeholders_option
 from vigil.detect import CorrelationHit, DetectError, RuleSet, builtin_rules_dir, load_placeholders
 from vigil.intel import IntelError, IntelHit, IntelIndex, IntelStore, import_feed, intel_alert
-from vigil.logsources.base import Event, reader_for
+from vigil.logsources.base import Event, reader_for, sniff
 from vigil.logsources.errors import LogSourceError, NoReader
-from vigil.logsources.evtxlog import native_reader_built
+from vigil.logsources.evtxlog import EVTX_MAGIC, native_reader_built
 from vigil.schema.ecs import unflatten
 
 logger = logging.getLogger(__name__)
@@ -181,8 +181,16 @@ def load_intel(paths: Sequence[Path], err: TextIO) -> IntelIndex | None:
         store = IntelStore.open(Path(folder))
         try:
             for path in paths:
+                if path.is_file() and sniff(path, len(EVTX_MAGIC)) == EVTX_MAGIC:
+                    raise IntelError(
+                        f"{path} is a Windows event log, not a feed: give it as a PATH to scan"
+                    )
                 report = import_feed(store, path, intel_kind(path))
                 counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
+                # Which kind each value was taken for: a plain list's "setup.exe" is a domain.
+                kinds = Counter(i.type.value for i in [*report.added, *report.updated])
+                if kinds:
+                    counts += " (" + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")"
                 print(f"vigil scan: intel {path}: {counts or 'no indicators in it'}", file=err)
             return store.load_index()
         finally:
@@ -397,7 +405,9 @@ def scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             reader = reader_for(path)
         except NoReader as exc:
-            stats.skipped_files.append(str(path.relative_to(folder)) if folder else str(path))
+            # Named from the folder given, so that two folders' notes.txt are told apart.
+            shown = path.relative_to(folder.parent) if folder else path
+            stats.skipped_files.append(str(shown))
             if folder is None:
                 print(f"vigil scan: {exc}", file=err)
                 status = EXIT_BAD_INPUT

@@ -152,7 +152,8 @@ class EvtxReader(Reader):
         if size < expected:
             self.note(
                 path,
-                f"the file is cut short: its header counts {chunks} chunks ({expected:,} bytes) "
+                f"the file is cut short: its header counts {chunks} "
+                f"{'chunk' if chunks == 1 else 'chunks'} ({expected:,} bytes) "
                 f"but it has {size:,} bytes, so the records past that point are missing; "
                 "copy the log again",
             )
