@@ -210,3 +210,8 @@ def test_not_json_says_what_was_expected(tmp_path: Path) -> None:
         read("stix", bad)
     with pytest.raises(FeedError, match="cannot read feed file"):
         read("csv", tmp_path / "missing.csv")
+    # JSON, but not STIX: every STIX object and bundle has a type.
+    for text in ("{}", '{"objects": []}', '{"type": 5}'):
+        bad.write_text(text)
+        with pytest.raises(FeedError, match=r"holds no STIX bundle or object \(no 'type'\)"):
+            read("stix", bad)

@@ -66,8 +66,12 @@ class StixReader(FeedReader):
             document = json.loads(fetch_text(location))
         except json.JSONDecodeError as exc:
             raise FeedError(f"{location} is not JSON ({exc}); expected a STIX bundle") from exc
-        if not isinstance(document, dict):
-            raise FeedError(f"{location} holds no STIX bundle or object")
+        if not isinstance(document, dict) or not isinstance(document.get("type"), str):
+            # Every STIX object and bundle has a type; JSON without one is some other document.
+            raise FeedError(
+                f"{location} holds no STIX bundle or object (no 'type'); expected a STIX bundle "
+                "(give MISP JSON as a MISP event or feed)"
+            )
         objects = document.get("objects") if document.get("type") == "bundle" else [document]
         if not isinstance(objects, list):
             raise FeedError(f"{location} is a bundle without an 'objects' list")
