@@ -67,6 +67,11 @@ def test_invalid_values_say_why(kind: T, value: str, message: str) -> None:
         ("10.0.0.0/8", T.CIDR),
         ("https://x.example/a", T.URL),
         ("evil.example.com", T.DOMAIN),
+        ("bitsadmin.exe", T.FILENAME),
+        ("Invoke-Mimikatz.PS1", T.FILENAME),
+        ("payload.zip", T.DOMAIN),  # .zip is a top-level domain too
+        ("x.com", T.DOMAIN),
+        ("C:\\Windows\\evil.exe", None),
         ("not a value", None),
         ("abcdef", None),
     ],

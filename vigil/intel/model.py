@@ -38,6 +38,14 @@ class IndicatorType(StrEnum):
 HASH_LENGTHS = {IndicatorType.MD5: 32, IndicatorType.SHA1: 40, IndicatorType.SHA256: 64}
 _HEX = re.compile(r"[0-9a-f]+")
 # A DNS name of at least two labels; underscores are allowed because real hosts use them.
+# Extensions of Windows programs and scripts that are no top-level domain: a bare value ending in
+# one is a file name. (.com, .sh, .py, .zip are domains too, so a list's "x.com" stays a domain.)
+_FILE_EXTENSIONS = frozenset(
+    (
+        "exe", "dll", "sys", "bat", "cmd", "ps1", "psm1", "vbs", "vbe", "jse", "hta", "msi",
+        "scr", "lnk", "wsf", "cpl", "ocx", "jar",
+    )
+)  # fmt: skip
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z0-9-]{2,63}")
 _HIVES = (
     "hkey_local_machine\\",
@@ -228,6 +236,9 @@ def detect_type(value: str) -> IndicatorType | None:
         return IndicatorType.IPV4 if network.version == 4 else IndicatorType.IPV6
     if "://" in text:
         return IndicatorType.URL
+    stem, dot, extension = lowered.rpartition(".")
+    if dot and stem and extension in _FILE_EXTENSIONS and not any(c in text for c in "/\\"):
+        return IndicatorType.FILENAME
     if _DOMAIN.fullmatch(lowered.rstrip(".")):
         return IndicatorType.DOMAIN
     return None
