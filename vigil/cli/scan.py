@@ -187,7 +187,7 @@ def load_intel(paths: Sequence[Path], err: TextIO) -> IntelIndex | None:
                     )
                 report = import_feed(store, path, intel_kind(path))
                 counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
-                # Which kind each value was taken for: a plain list's "setup.exe" is a domain.
+                # Which kind each value was taken for: a plain list's "run.sh" is a domain.
                 kinds = Counter(i.type.value for i in [*report.added, *report.updated])
                 if kinds:
                     counts += " (" + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")"
